@@ -283,13 +283,11 @@ def lambda_star(reward_std: float, rho: float) -> float:
     return reward_std / math.sqrt(2 * rho)
 
 
-def _dual_objective(log_lams: torch.Tensor, groups: list[torch.Tensor], rho: float) -> torch.Tensor:
-    """E_x[λ log E_y e^{−r/λ}] + λρ for each λ = exp(log_lams); the negative of the dual of Eq. 3.4."""
-    lams = torch.exp(log_lams)
-    total = torch.zeros_like(lams)
-    for r in groups:  # one term per prompt; the number of prompts is small (a validation set)
-        total += lams * (torch.logsumexp(-r[None, :] / lams[:, None], dim=1) - math.log(r.numel()))
-    return total / len(groups) + lams * rho
+def _dual_objective(lam: float, neg_rewards: torch.Tensor, log_counts: torch.Tensor, rho: float) -> float:
+    """E_x[λ log E_y e^{−r/λ}] + λρ, the negative of the dual of Eq. 3.4. ``neg_rewards`` is a dense
+    ``[n_prompts, max_samples]`` matrix of −r padded with −inf; ``log_counts`` the log sample count per prompt."""
+    per_prompt = torch.logsumexp(neg_rewards / lam, dim=1) - log_counts
+    return lam * per_prompt.mean().item() + lam * rho
 
 
 def optimal_lambda(
@@ -314,18 +312,26 @@ def optimal_lambda(
         raise ValueError("rewards_by_prompt must hold at least one prompt, each with at least one reward")
     if any(not bool(torch.isfinite(g).all()) for g in groups):
         raise ValueError("rewards_by_prompt contains non-finite rewards")
-    lo, hi = math.log(lam_min), math.log(lam_max)
+    counts = torch.tensor([g.numel() for g in groups])
+    neg_rewards = torch.full((len(groups), int(counts.max())), -math.inf, dtype=torch.float64)
+    mask = torch.arange(neg_rewards.shape[1]) < counts[:, None]
+    neg_rewards[mask] = -torch.cat(groups)
+    log_counts = torch.log(counts.to(torch.float64))
+
+    def f(log_lam: float) -> float:
+        return _dual_objective(math.exp(log_lam), neg_rewards, log_counts, rho)
+
     golden = (math.sqrt(5) - 1) / 2
-    a, b = lo, hi
+    a, b = math.log(lam_min), math.log(lam_max)
     c, d = b - golden * (b - a), a + golden * (b - a)
-    fc, fd = _dual_objective(torch.tensor([c, d], dtype=torch.float64), groups, rho).tolist()
+    fc, fd = f(c), f(d)
     while b - a > tol:
         if fc < fd:
             b, d, fd = d, c, fc
             c = b - golden * (b - a)
-            fc = _dual_objective(torch.tensor([c], dtype=torch.float64), groups, rho).item()
+            fc = f(c)
         else:
             a, c, fc = c, d, fd
             d = a + golden * (b - a)
-            fd = _dual_objective(torch.tensor([d], dtype=torch.float64), groups, rho).item()
+            fd = f(d)
     return math.exp((a + b) / 2)
