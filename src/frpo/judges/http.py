@@ -1,0 +1,100 @@
+"""One small JSON-over-HTTP helper with bounded retries and exponential backoff, shared by the API judges.
+
+Standard library only (``urllib.request``): no new dependency. What is retried: connection errors, timeouts and
+the statuses in ``RETRY_STATUSES`` (429 and 5xx). What is not: other 4xx (a bad request or key will not get better)
+and a 2xx answer whose body is not JSON (a contract problem: :class:`JudgeResponseError`). After the last attempt
+a :class:`JudgeHTTPError` says how many attempts were made and what the last failure was. The API key is never
+put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from .base import JudgeHTTPError, JudgeResponseError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+def backoff_delay(attempt: int, backoff: float, max_backoff: float) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (0-based): ``backoff * 2**attempt``, capped."""
+    return max(0.0, min(max_backoff, backoff * (2.0**attempt)))
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:  # an HTTP date: ignore and use our own backoff
+        return None
+
+
+def post_json(
+    url: str,
+    payload: Any,
+    headers: dict[str, str] | None = None,
+    *,
+    retries: int = 5,
+    backoff: float = 1.0,
+    max_backoff: float = 30.0,
+    timeout: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """POST ``payload`` as JSON to ``url`` and return the decoded JSON answer.
+
+    ``retries`` is the number of *re*-tries: at most ``retries + 1`` attempts. The wait after failed attempt ``k``
+    is ``min(max_backoff, backoff * 2**k)`` seconds, or the server's ``Retry-After`` if it sent one (also capped).
+    """
+    if retries < 0 or backoff < 0 or max_backoff < 0 or timeout <= 0:
+        raise ValueError("retries, backoff and max_backoff must be >= 0 and timeout > 0")
+    body = json.dumps(payload).encode("utf-8")
+    hdrs = {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
+    last = "no attempt made"
+    last_status: int | None = None
+    attempts = retries + 1
+    for attempt in range(attempts):
+        wait: float | None = None
+        req = urllib.request.Request(url, data=body, headers=hdrs, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:500].decode("utf-8", "replace")
+            last_status = e.code
+            last = f"HTTP {e.code} {e.reason}: {detail}"
+            if e.code not in RETRY_STATUSES:
+                raise JudgeHTTPError(f"POST {url} failed: {last}", status=e.code, attempts=attempt + 1) from None
+            wait = _retry_after(e.headers)
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            last = f"{type(e).__name__}: {reason}"
+            last_status = None
+        else:
+            try:
+                return json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                snippet = raw[:200].decode("utf-8", "replace")
+                raise JudgeResponseError(
+                    f"POST {url} returned HTTP {status} with a body that is not JSON ({e}): {snippet!r}"
+                ) from None
+        if attempt + 1 < attempts:
+            delay = backoff_delay(attempt, backoff, max_backoff)
+            if wait is not None:
+                delay = min(max_backoff, max(delay, wait))
+            log.warning(
+                "POST %s attempt %d/%d failed (%s); retrying in %.2fs", url, attempt + 1, attempts, last, delay
+            )
+            sleep(delay)
+    raise JudgeHTTPError(
+        f"POST {url} failed after {attempts} attempts; last error: {last}", status=last_status, attempts=attempts
+    )

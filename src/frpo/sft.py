@@ -1,0 +1,151 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: the demo's warm-up stage and stage 2, downstream fine-tuning.
+
+``run_sft(spec, model_dir, out_dir, ckpt_dir)`` trains on one data set (prompt-completion, loss on the
+completion only, as the paper's SFT scripts), full or LoRA, resumable from ``ckpt_dir``, and writes the
+resulting full model (LoRA merged) to ``out_dir`` atomically. With ``spec["track"]`` it also runs the forgetting
+tracker (:mod:`frpo.track`) and writes ``tracking.csv`` next to the model.
+
+Data formats (``spec["dataset"]["format"]``):
+* ``gsm8k``: {question, answer} → user: question, assistant: the worked answer (we keep the ``#### N`` line;
+  the public GSM8K script dropped it, spec §5.11);
+* ``alpaca``: {instruction, input, output} → user: "### Instruction:\\n…" (+ "\\n\\n### Input:\\n…"),
+  assistant: output, as the public Alpaca script;
+* ``chat``: {prompt, response} → one user and one assistant turn (the warm-up refusal demonstrations).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .models import atomic_dir, load_causal_lm
+from .rl import last_checkpoint
+
+__all__ = ["run_sft", "sft_rows"]
+
+
+def sft_rows(dataset_spec: dict) -> list[dict]:
+    """Rows of ``dataset_spec`` (path, format, split) as {prompt: [user msg], completion: [assistant msg]}."""
+    from .data import read_jsonl, resolve
+
+    fmt = dataset_spec["format"]
+    required = {
+        "gsm8k": {"question": str, "answer": str},
+        "alpaca": {"instruction": str, "input": str, "output": str},
+        "chat": {"prompt": str, "response": str},
+    }
+    if fmt not in required:
+        raise ValueError(f"dataset.format: unknown format {fmt!r} (known: {sorted(required)})")
+    rows = read_jsonl(resolve(dataset_spec["path"]), required=required[fmt])
+    split = dataset_spec.get("split")
+    if split is not None:
+        rows = [r for r in rows if r.get("split") == split]
+    out = []
+    for r in rows:
+        if fmt == "gsm8k":
+            user, assistant = r["question"], r["answer"]
+        elif fmt == "alpaca":
+            user = f"### Instruction:\n{r['instruction']}" + (f"\n\n### Input:\n{r['input']}" if r["input"] else "")
+            assistant = r["output"].strip()
+        else:
+            user, assistant = r["prompt"], r["response"]
+        out.append({"prompt": [{"role": "user", "content": user}],
+                    "completion": [{"role": "assistant", "content": assistant}]})
+    limit = dataset_spec.get("max_examples")
+    if not out:
+        raise ValueError(f"{dataset_spec['path']}: no rows for split={split!r}")
+    return out[:limit] if limit else out
+
+
+def _tracker(spec: dict, ref_dir: str | Path, tokenizer, csv_path: Path):
+    from .data import read_jsonl, resolve, spread
+    from .judges import build_judge
+    from .track import ForgettingTracker
+
+    track = spec["track"]
+    rows = read_jsonl(resolve(spec["data"]["safety_prompts"]), required={"prompt": str, "task": str, "split": str})
+    held_out = [r for r in rows if r["split"] == "eval"]
+    safety = spread([r["prompt"] for r in held_out if r["task"] == "safety"], track["n_safety"])
+    normal = spread([r["prompt"] for r in held_out if r["task"] == "normal"], track["n_normal"])
+    ref_model, _ = load_causal_lm(ref_dir, spec.get("device", "cpu"))
+    judges = spec["judges"]
+    return ForgettingTracker(
+        ref_model=ref_model, tokenizer=tokenizer, safety_prompts=safety, normal_prompts=normal,
+        safety_judge=build_judge(judges["safety"]["name"], **judges["safety"].get("options", {})),
+        helpfulness_judge=build_judge(judges["helpfulness"]["name"], **judges["helpfulness"].get("options", {})),
+        csv_path=csv_path, every_steps=track["every_steps"], max_new_tokens=track["max_new_tokens"],
+        temperature=track.get("temperature", 1.0), seed=spec.get("seed", 0),
+    )
+
+
+def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path) -> dict:
+    """Fine-tune ``model_dir`` as ``spec`` says; resume from ``ckpt_dir``; write the merged model to ``out_dir``."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    ckpt_dir = Path(ckpt_dir)
+    cpu = spec.get("device", "cpu") == "cpu"
+    model, tokenizer = load_causal_lm(model_dir, spec.get("device", "cpu"))
+    tokenizer.padding_side = "right"
+    train = spec["train"]
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        learning_rate=float(train["learning_rate"]),
+        num_train_epochs=train["epochs"],
+        max_steps=train.get("max_steps", -1),
+        per_device_train_batch_size=train["batch_size"],
+        gradient_accumulation_steps=train.get("gradient_accumulation_steps", 1),
+        lr_scheduler_type=train.get("lr_scheduler_type", "constant"),
+        warmup_steps=train.get("warmup_ratio", 0.0),  # transformers 5: a float < 1 is a ratio of the steps
+        weight_decay=train.get("weight_decay", 0.0),
+        max_length=train.get("max_length", 512),
+        save_strategy="steps",
+        save_steps=train["save_steps"],
+        save_total_limit=2,
+        logging_steps=1,
+        seed=spec.get("seed", 0),
+        use_cpu=cpu,
+        bf16=not cpu,
+        gradient_checkpointing=train.get("gradient_checkpointing", not cpu),
+        report_to=[],
+        disable_tqdm=False,
+    )
+    peft_config = None
+    if train["method"] == "lora":
+        lora = train["lora"]
+        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
+                                 target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM")
+    callbacks = []
+    tracker = None
+    resume = last_checkpoint(ckpt_dir)
+    if spec.get("track"):
+        tracker = _tracker(spec, model_dir, tokenizer, ckpt_dir / "tracking.csv")
+        if resume is None:
+            tracker.truncate_after(-1)  # a fresh start: no stale rows from an older run
+        else:
+            tracker.truncate_after(int(Path(resume).name.split("-")[-1]))
+        callbacks.append(tracker)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(sft_rows(spec["dataset"])),
+        processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+    )
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
+    trained = trainer.model
+    if peft_config is not None:
+        trained = trained.merge_and_unload()
+    summary = {"steps": trainer.state.global_step, "resumed_from": resume,
+               "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)}
+    with atomic_dir(out_dir) as tmp:
+        trained.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        if tracker is not None:
+            shutil.copy(ckpt_dir / "tracking.csv", tmp / "tracking.csv")
+        with open(tmp / "train_log.jsonl", "w") as f:
+            for h in trainer.state.log_history:
+                f.write(json.dumps(h) + "\n")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,132 @@
+"""Workflow config: schema and semantic validation (errors name the key), and the per-stage specs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from frpo.config import (
+    ConfigError,
+    finetune_settings,
+    finetune_spec,
+    rl_runs,
+    rl_spec,
+    validate_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+def test_shipped_configs_are_valid(name):
+    validate_config(load(name), SCHEMA)
+
+
+def _set(config, dotted, value):
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    if value is _DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("rl.num_generations", 1, r"rl\.num_generations: 1 is less than the minimum of 2"),
+        ("rl.steps", "ten", r"rl\.steps: 'ten' is not of type 'integer'"),
+        ("rl.lambdas", ["0"], r"rl\.lambdas\.0: λ must be > 0"),
+        ("rl.lambdas", ["-0.5"], r"rl\.lambdas\.0: '-0.5' does not match"),
+        ("rl.lambdas", [0.2], r"rl\.lambdas\.0: 0\.2 is not of type 'string'"),
+        ("rl.lambda_star.rho", 0, r"rl\.lambda_star\.rho: 0 is less than or equal to the minimum of 0"),
+        ("rl.colour", "blue", r"rl: Additional properties are not allowed \('colour' was unexpected\)"),
+        ("model.source", "ollama", r"model\.source: 'ollama' is not one of"),
+        ("finetune.learning_rates", ["0"], r"finetune\.learning_rates\.0: must be > 0"),
+        ("eval.benchmarks", ["mmlu_pro"], r"eval\.benchmarks\.0: 'mmlu_pro' is not one of"),
+        ("name", _DELETE, r"\(top level\): 'name' is a required property"),
+    ],
+)
+def test_bad_values_fail_with_the_key_and_the_reason(key, value, message):
+    config = load("config.yaml")
+    _set(config, key, value)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, SCHEMA)
+
+
+def test_unknown_key_error_lists_the_known_keys():
+    config = load("config.yaml")
+    config["rl"]["lamdbas"] = ["0.5"]
+    with pytest.raises(ConfigError, match="known keys: .*lambdas"):
+        validate_config(config, SCHEMA)
+
+
+def test_a_missing_local_model_directory_is_named(tmp_path):
+    config = load("config.yaml")
+    config["model"] = {"source": "local", "local": {"path": str(tmp_path / "nowhere")}}
+    with pytest.raises(ConfigError, match=r"model\.local\.path: .*nowhere.* is not a directory"):
+        validate_config(config, SCHEMA)
+
+
+def test_an_api_judge_without_its_key_fails_at_start(monkeypatch):
+    config = load("config.yaml")
+    config["judges"]["safety"] = {"name": "safety_paper"}
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"judges\.safety: .*OPENAI_API_KEY"):
+        validate_config(config, SCHEMA)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    validate_config(config, SCHEMA)
+
+
+def test_lambda_star_needs_a_grpo_run():
+    config = load("config.yaml")
+    config["rl"]["algorithms"] = ["frpo"]
+    with pytest.raises(ConfigError, match=r"rl\.lambda_star: .*grpo"):
+        validate_config(config, SCHEMA)
+
+
+def test_runs_and_settings_are_canonical_names():
+    config = load("config.yaml")
+    assert rl_runs(config) == ["grpo", "frpo_lam0.2"]
+    assert rl_runs(config, lambda_star="0.16") == ["grpo", "frpo_lam0.2", "frpo_lam0.16"]
+    assert rl_runs(config, lambda_star="0.2") == ["grpo", "frpo_lam0.2"]  # λ* equal to a listed λ: one run
+    config["finetune"].update(datasets=["arithmetic", "alpaca"], methods=["lora"], learning_rates=["1e-6", "6e-5"],
+                              epochs=[1, 2])
+    settings = finetune_settings(config)
+    assert len(settings) == 8 and "alpaca-lora-lr6e-5-ep2" in settings
+
+
+def test_a_new_lambda_does_not_change_the_other_runs_specs():
+    config = load("config.yaml")
+    before = {run: rl_spec(config, run, "clf.pt") for run in ("grpo", "frpo_lam0.2")}
+    changed = copy.deepcopy(config)
+    changed["rl"]["lambdas"] = ["0.2", "0.5"]
+    after = {run: rl_spec(changed, run, "clf.pt") for run in ("grpo", "frpo_lam0.2")}
+    assert before == after  # so snakemake reruns only the new λ's jobs
+    changed["rl"]["beta"] = 0.05
+    assert rl_spec(changed, "grpo", "clf.pt") != before["grpo"]
+
+
+def test_finetune_spec_parses_the_setting_name():
+    config = load("config.yaml")
+    spec = finetune_spec(config, "alpaca-lora-lr6e-5-ep2", "clf.pt")
+    assert spec["train"]["method"] == "lora" and spec["train"]["learning_rate"] == 6e-5
+    assert spec["train"]["epochs"] == 2 and spec["train"]["lora"]["r"] == 16
+    assert spec["dataset"] == {"path": "builtin:alpaca_like", "format": "alpaca", "split": "train",
+                               "max_examples": config["finetune"]["max_examples"]}
+    assert spec["judges"]["safety"]["options"]["classifier_path"] == "clf.pt"
+    with pytest.raises(ConfigError, match="not <dataset>"):
+        finetune_spec(config, "alpaca-qlora-lr1-ep1", None)

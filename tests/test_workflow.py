@@ -1,0 +1,102 @@
+"""The Snakemake workflow as a user drives it: lint, dry runs, and a kill mid-training that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the `frpo` command
+    return env
+
+
+def snakemake(*args, cwd=ROOT, check=True, **kwargs):
+    result = subprocess.run([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *args], cwd=cwd, env=_env(),
+                            capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/smoke.yaml"])
+def test_dry_run_plans_the_pipeline(configfile, tmp_path):
+    result = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(ROOT / configfile))
+    out = result.stdout + result.stderr
+    for rule in ("prepare_base_model", "rl_train", "lambda_select", "figure_lambda_landscape", "table_final"):
+        assert rule in out
+
+
+def test_slurm_profile_dry_run_declares_gpu_resources(tmp_path):
+    result = snakemake("-n", "--profile", str(ROOT / "profiles" / "slurm"), "-d", str(tmp_path),
+                       "--configfile", str(ROOT / "config" / "config.yaml"))
+    out = result.stdout + result.stderr
+    assert "rule rl_train" in out and "gpu=1" in out and "cpus_per_gpu=8" in out
+
+
+def test_an_invalid_config_fails_before_any_job(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config["rl"]["num_generations"] = 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--cores", "1", "-d", str(tmp_path), "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    assert "rl.num_generations: 1 is less than the minimum of 2" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_rl_training_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config["name"] = "resume"
+    config["rl"].update(steps=16, save_steps=2)
+    configfile = tmp_path / "resume.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    target = "results/resume/rl/grpo/metrics.jsonl"
+    args = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), target, "-d", str(tmp_path), "--cores", "2",
+            "--configfile", str(configfile)]
+    ckpt = tmp_path / "results" / "resume" / ".ckpt" / "rl" / "grpo"
+
+    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while not (ckpt / "checkpoint-4" / "trainer_state.json").is_file():
+            assert proc.poll() is None, "snakemake ended before training reached checkpoint-4"
+            assert time.time() < deadline, "training never reached checkpoint-4"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # a crash, not a clean shutdown
+        proc.wait()
+    assert not (tmp_path / target).exists(), "the job was killed before it could write its outputs"
+    killed_at = max(int(p.name.split("-")[1]) for p in ckpt.glob("checkpoint-*"))
+    assert killed_at < 16
+
+    # After a crash the working directory stays locked; a user runs --unlock once, then the same command again.
+    snakemake(target, "--unlock", "-d", str(tmp_path), "--configfile", str(configfile), cwd=tmp_path)
+    snakemake(target, "--cores", "2", "--rerun-incomplete", "-d", str(tmp_path), "--configfile", str(configfile),
+              cwd=tmp_path)
+    log = (tmp_path / "logs" / "resume" / "rl_train" / "grpo.log").read_text()
+    assert "resuming grpo from results/resume/.ckpt/rl/grpo/checkpoint-" in log
+    rows = [json.loads(line) for line in (tmp_path / target).read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 17)), "every step logged once, before and after the kill"
+    assert not list((tmp_path / "results" / "resume" / "rl").glob(".*partial"))
+    shutil.rmtree(tmp_path / "results", ignore_errors=True)
