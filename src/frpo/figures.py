@@ -124,6 +124,8 @@ def final_table(tracking: str | Path, evals: list[str], out_csv: str | Path, out
         result = json.loads(Path(path).read_text())
         rows.setdefault(model, {"model": model})[f"{bench}"] = result["value"]
     table = pd.DataFrame(list(rows.values()))
+    if "ft_steps" in table:
+        table["ft_steps"] = table["ft_steps"].astype("Int64")
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_csv, index=False, float_format="%.4f")
     Path(out_md).write_text(_markdown(table))
@@ -132,7 +134,9 @@ def final_table(tracking: str | Path, evals: list[str], out_csv: str | Path, out
 
 def _markdown(table: pd.DataFrame) -> str:
     def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
+        if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+            return ""
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .models import atomic_dir
 
-__all__ = ["canonical_lambda", "last_checkpoint", "run_rl", "select_lambda_star"]
+__all__ = ["canonical_lambda", "common_training_args", "last_checkpoint", "run_rl", "select_lambda_star"]
 
 
 def canonical_lambda(value: float) -> str:
@@ -37,6 +37,28 @@ def last_checkpoint(ckpt_dir: str | Path) -> str | None:
     if not ckpts:
         return None
     return str(max(ckpts, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def common_training_args(section: dict, spec: dict, ckpt_dir: str | Path) -> dict:
+    """The TrainingArguments shared by the RL and SFT stages: schedule, checkpoints for resuming, device."""
+    cpu = spec.get("device", "cpu") == "cpu"
+    return {
+        "output_dir": str(ckpt_dir),
+        "learning_rate": float(section["learning_rate"]),
+        "lr_scheduler_type": section.get("lr_scheduler_type", "constant"),
+        "warmup_steps": section.get("warmup_ratio", 0.0),  # transformers 5: a float < 1 is a ratio of the steps
+        "weight_decay": section.get("weight_decay", 0.0),
+        "save_strategy": "steps",
+        "save_steps": section["save_steps"],
+        "save_total_limit": 2,
+        "logging_steps": 1,
+        "seed": spec.get("seed", 0),
+        "use_cpu": cpu,
+        "bf16": not cpu,
+        "gradient_checkpointing": section.get("gradient_checkpointing", not cpu),
+        "report_to": [],
+        "disable_tqdm": False,
+    }
 
 
 def _message_text(x) -> str:
@@ -90,38 +112,23 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path):
     from .trainer import FRPOConfig
 
     rl = spec["rl"]
-    cpu = spec.get("device", "cpu") == "cpu"
     return FRPOConfig(
-        output_dir=str(ckpt_dir),
+        **common_training_args(rl, spec, ckpt_dir),
         objective=spec["objective"],
         frpo_lambda=float(spec.get("frpo_lambda") or 1.0),
         jackknife=rl.get("jackknife", True),
         baseline=rl.get("baseline", True),
         lambda_scale=rl.get("lambda_scale", "paper"),
-        beta=float(spec.get("beta", rl["beta"])),
+        beta=float(rl["beta"]),
         num_generations=rl["num_generations"],
         per_device_train_batch_size=rl["prompts_per_step"] * rl["num_generations"],
         gradient_accumulation_steps=rl.get("gradient_accumulation_steps", 1),
         max_completion_length=rl["max_completion_length"],
         temperature=rl.get("temperature", 1.0),
         top_p=rl.get("top_p", 1.0),
-        learning_rate=float(rl["learning_rate"]),
-        lr_scheduler_type=rl.get("lr_scheduler_type", "constant"),
-        warmup_steps=rl.get("warmup_ratio", 0.0),  # transformers 5: a float < 1 is a ratio of the steps
-        weight_decay=rl.get("weight_decay", 0.0),
         max_grad_norm=rl.get("max_grad_norm", 1.0),
         max_steps=rl["steps"],
-        save_strategy="steps",
-        save_steps=rl["save_steps"],
-        save_total_limit=2,
-        logging_steps=1,
-        seed=spec.get("seed", 0),
-        use_cpu=cpu,
-        bf16=not cpu,
-        gradient_checkpointing=rl.get("gradient_checkpointing", not cpu),
         use_vllm=rl.get("use_vllm", False),
-        report_to=[],
-        disable_tqdm=False,
     )
 
 

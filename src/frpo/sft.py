@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from .models import atomic_dir, load_causal_lm
-from .rl import last_checkpoint
+from .rl import common_training_args, last_checkpoint
 
 __all__ = ["run_sft", "sft_rows"]
 
@@ -86,31 +86,16 @@ def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: st
     from trl import SFTConfig, SFTTrainer
 
     ckpt_dir = Path(ckpt_dir)
-    cpu = spec.get("device", "cpu") == "cpu"
     model, tokenizer = load_causal_lm(model_dir, spec.get("device", "cpu"))
     tokenizer.padding_side = "right"
     train = spec["train"]
     args = SFTConfig(
-        output_dir=str(ckpt_dir),
-        learning_rate=float(train["learning_rate"]),
+        **common_training_args(train, spec, ckpt_dir),
         num_train_epochs=train["epochs"],
         max_steps=train.get("max_steps", -1),
         per_device_train_batch_size=train["batch_size"],
         gradient_accumulation_steps=train.get("gradient_accumulation_steps", 1),
-        lr_scheduler_type=train.get("lr_scheduler_type", "constant"),
-        warmup_steps=train.get("warmup_ratio", 0.0),  # transformers 5: a float < 1 is a ratio of the steps
-        weight_decay=train.get("weight_decay", 0.0),
         max_length=train.get("max_length", 512),
-        save_strategy="steps",
-        save_steps=train["save_steps"],
-        save_total_limit=2,
-        logging_steps=1,
-        seed=spec.get("seed", 0),
-        use_cpu=cpu,
-        bf16=not cpu,
-        gradient_checkpointing=train.get("gradient_checkpointing", not cpu),
-        report_to=[],
-        disable_tqdm=False,
     )
     peft_config = None
     if train["method"] == "lora":
