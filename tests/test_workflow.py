@@ -99,4 +99,18 @@ def test_rl_training_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / target).read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 17)), "every step logged once, before and after the kill"
     assert not list((tmp_path / "results" / "resume" / "rl").glob(".*partial"))
+
+    # A config change reruns only what it touches: a new λ or new eval settings leave this run alone,
+    # a new KL coefficient retrains it.
+    def planned(change):
+        changed = yaml.safe_load(configfile.read_text())
+        change(changed)
+        path = tmp_path / "changed.yaml"
+        path.write_text(yaml.safe_dump(changed))
+        out = snakemake(target, "-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(path), cwd=tmp_path)
+        return out.stdout + out.stderr
+
+    assert "Nothing to be done" in planned(lambda c: c["rl"]["lambdas"].append("0.5"))
+    assert "Nothing to be done" in planned(lambda c: c["eval"]["generation"].update(max_new_tokens=4))
+    assert "rule rl_train" in planned(lambda c: c["rl"].update(beta=0.05))
     shutil.rmtree(tmp_path / "results", ignore_errors=True)
