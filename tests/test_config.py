@@ -130,3 +130,22 @@ def test_finetune_spec_parses_the_setting_name():
     assert spec["judges"]["safety"]["options"]["classifier_path"] == "clf.pt"
     with pytest.raises(ConfigError, match="not <dataset>"):
         finetune_spec(config, "alpaca-qlora-lr1-ep1", None)
+
+
+def test_a_missing_data_file_is_named(tmp_path):
+    config = load("config.yaml")
+    config["data"]["arithmetic"] = str(tmp_path / "gsm.jsonl")
+    with pytest.raises(ConfigError, match=r"data\.arithmetic: .*gsm\.jsonl"):
+        validate_config(config, SCHEMA)
+
+
+def test_a_corrupt_data_file_names_the_file_and_the_line(tmp_path):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "hi", "task": "normal", "split": "train"}\n{"prompt": "oops", "task": \n')
+    config = load("config.yaml")
+    config["data"]["safety_prompts"] = str(bad)
+    with pytest.raises(ConfigError, match=r"data\.safety_prompts: .*prompts\.jsonl:2: invalid JSON"):
+        validate_config(config, SCHEMA)
+    bad.write_text('{"prompt": 3, "task": "normal", "split": "train"}\n')
+    with pytest.raises(ConfigError, match=r"prompts\.jsonl:1: key 'prompt' must be str, got int"):
+        validate_config(config, SCHEMA)

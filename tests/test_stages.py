@@ -11,7 +11,8 @@ import torch
 from frpo.evals.arithmetic import extract_answer
 from frpo.figures import final_table, lambda_landscape, rl_curves, run_label
 from frpo.generation import completion_logps, generate
-from frpo.models import atomic_dir, load_causal_lm
+from frpo.io import atomic_dir, atomic_file
+from frpo.models import load_causal_lm
 from frpo.rl import canonical_lambda, last_checkpoint
 from frpo.tiny import save_tiny_model
 from frpo.track import ForgettingTracker, read_rows
@@ -69,6 +70,20 @@ def test_atomic_dir_leaves_nothing_that_looks_complete_on_failure(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "done.bin").write_text("x")
     assert (target / "done.bin").is_file()
+
+
+def test_atomic_file_replaces_only_on_success(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    with atomic_file(target) as tmp:
+        assert tmp.suffix == ".csv"  # writers that infer the format from the suffix keep working
+        tmp.write_text("new")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
 
 
 def test_left_padded_logps_match_unpadded_scoring(tiny):

@@ -65,9 +65,10 @@ def _cmd_rl(a):
 def _cmd_lambda_select(a):
     from .rl import select_lambda_star
 
+    from .io import atomic_write_text
+
     result = select_lambda_star(a.metrics, a.rho, a.last_k)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(a.out, json.dumps(result, indent=2) + "\n")
     return _print(result)
 
 
@@ -94,8 +95,10 @@ def _cmd_collect_tracking(a):
         frames.append(pd.read_csv(path).assign(run=run, setting=setting))
     table = pd.concat(frames)
     table = table[["run", "setting", *[c for c in table.columns if c not in ("run", "setting")]]]
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(a.out, index=False)
+    from .io import atomic_file
+
+    with atomic_file(a.out) as tmp:
+        table.to_csv(tmp, index=False)
     return _print({"rows": len(table), "out": a.out})
 
 

@@ -50,7 +50,29 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     return config
 
 
+#: The fields each data file must have (checked for every row at DAG start).
+DATA_FIELDS = {
+    "safety_prompts": {"prompt": str, "task": str, "split": str},
+    "refusal_demos": {"prompt": str, "response": str},
+    "judge_labelled": {"prompt": str, "response": str, "refusal": int, "split": str},
+    "arithmetic": {"question": str, "answer": str, "final": float, "split": str},
+    "alpaca": {"instruction": str, "input": str, "output": str},
+}
+
+
+def _check_data(config: dict, source: str) -> None:
+    """Every data file exists and parses: a missing file or a bad row fails now, naming the file and the line."""
+    from .data import DataError, read_jsonl, resolve
+
+    for key, spec in config["data"].items():
+        try:
+            read_jsonl(resolve(spec), required=DATA_FIELDS[key])
+        except (DataError, FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"{source}: data.{key}: {err}") from err
+
+
 def _check_semantics(config: dict, source: str) -> None:
+    _check_data(config, source)
     rl = config["rl"]
     for i, lam in enumerate(rl["lambdas"]):
         value = float(lam)

@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .io import atomic_file, atomic_write_text  # noqa: E402
+
 __all__ = ["final_table", "lambda_landscape", "rl_curves", "run_label"]
 
 
@@ -40,9 +42,9 @@ def _order(runs):
 
 
 def _save(fig, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out.with_suffix(".png"), dpi=150, bbox_inches="tight")
-    fig.savefig(out.with_suffix(".pdf"), bbox_inches="tight")
+    for suffix, kwargs in ((".pdf", {}), (".png", {"dpi": 150})):  # the PNG, the declared target, comes last
+        with atomic_file(out.with_suffix(suffix)) as tmp:
+            fig.savefig(tmp, bbox_inches="tight", **kwargs)
     plt.close(fig)
 
 
@@ -126,9 +128,9 @@ def final_table(tracking: str | Path, evals: list[str], out_csv: str | Path, out
     table = pd.DataFrame(list(rows.values()))
     if "ft_steps" in table:
         table["ft_steps"] = table["ft_steps"].astype("Int64")
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_csv, index=False, float_format="%.4f")
-    Path(out_md).write_text(_markdown(table))
+    with atomic_file(out_csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    atomic_write_text(out_md, _markdown(table))
     return table
 
 

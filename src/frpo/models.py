@@ -15,32 +15,11 @@ rules never touch a hub. Sources (``spec["source"]``):
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
-__all__ = ["atomic_dir", "load_causal_lm", "merge_lora", "prepare_base_model"]
+from .io import atomic_dir
 
-
-class atomic_dir:
-    """Write a directory under a temporary name and rename it into place only on success, so a killed job
-    never leaves a directory that looks complete."""
-
-    def __init__(self, final: str | Path):
-        self.final = Path(final)
-        self.tmp = self.final.with_name(f".{self.final.name}.partial")
-
-    def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        shutil.rmtree(self.final, ignore_errors=True)
-        self.tmp.rename(self.final)
-        return False
+__all__ = ["load_causal_lm", "merge_lora", "prepare_base_model"]
 
 
 def _package_dir(package: str) -> Path:

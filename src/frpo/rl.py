@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from .models import atomic_dir
+from .io import atomic_dir
 
 __all__ = ["canonical_lambda", "common_training_args", "last_checkpoint", "run_rl", "select_lambda_star"]
 

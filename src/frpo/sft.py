@@ -19,7 +19,9 @@ import json
 import shutil
 from pathlib import Path
 
-from .models import atomic_dir, load_causal_lm
+from .guards import FiniteLossCallback
+from .io import atomic_dir
+from .models import load_causal_lm
 from .rl import common_training_args, last_checkpoint
 
 __all__ = ["run_sft", "sft_rows"]
@@ -102,7 +104,7 @@ def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: st
         lora = train["lora"]
         peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
                                  target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM")
-    callbacks = []
+    callbacks = [FiniteLossCallback("fine-tuning")]
     tracker = None
     resume = last_checkpoint(ckpt_dir)
     if spec.get("track"):

@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from .generation import completion_logps, generate
+from .io import atomic_file
 from .objective import k3_kl
 
 __all__ = ["FIELDS", "ForgettingTracker", "read_rows"]
@@ -65,12 +66,13 @@ class ForgettingTracker(TrainerCallback):
         self._write(rows, mode="w")
 
     def _write(self, rows: list[dict], mode: str = "a") -> None:
-        new = mode == "w" or not self.csv_path.is_file()
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.csv_path, mode if not new else "w", newline="") as f:
+        """Append (or replace with) ``rows``; the file is rewritten whole and renamed, so a kill mid-write
+        never leaves a truncated row behind."""
+        if mode == "a" and self.csv_path.is_file():
+            rows = read_rows(self.csv_path) + rows
+        with atomic_file(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
+            writer.writeheader()
             writer.writerows(rows)
 
     # -- the measurement ---------------------------------------------------------------------------------------

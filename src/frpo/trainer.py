@@ -27,6 +27,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
+from .guards import check_finite_loss
 from .objective import (
     OBJECTIVES,
     effective_sample_size,
@@ -302,6 +303,7 @@ class FRPOTrainer(GRPOTrainer):
         clipped = (logps.detach() - old_logps > math.log1p(args.epsilon)).to(logps.dtype)
         self._metrics[mode]["clip_ratio/high_mean"].append(self._global_token_mean(clipped, m))
         if mode == "train":  # TRL turns off HF's loss scaling: average the accumulated micro-batches here
+            check_finite_loss(loss.item(), self.state.global_step, f"{args.objective} training", args.output_dir)
             loss = loss / self.current_gradient_accumulation_steps
         return loss
 

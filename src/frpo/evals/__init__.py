@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from ..io import atomic_write_text
+
 __all__ = ["BENCHMARKS", "model_fingerprint", "run_eval"]
 
 #: benchmark name -> module in this package that defines ``evaluate(model_path, cfg) -> dict``
@@ -47,9 +49,5 @@ def run_eval(name: str, model_path: str | Path, cfg: dict, out_path: str | Path)
         **result,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.rename(out_path)
+    atomic_write_text(out_path, json.dumps(result, indent=2) + "\n")
     return result

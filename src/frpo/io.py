@@ -1,0 +1,50 @@
+"""Writing outputs so that a killed job never leaves one that looks complete: write under a temporary name in
+the same directory, then rename into place (atomic on POSIX filesystems)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_dir", "atomic_file", "atomic_write_text"]
+
+
+class atomic_dir:
+    """``with atomic_dir(final) as tmp:`` write into ``tmp``; it becomes ``final`` only if the block succeeds."""
+
+    def __init__(self, final: str | Path):
+        self.final = Path(final)
+        self.tmp = self.final.with_name(f".{self.final.name}.partial")
+
+    def __enter__(self) -> Path:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        shutil.rmtree(self.final, ignore_errors=True)
+        self.tmp.rename(self.final)
+        return False
+
+
+@contextmanager
+def atomic_file(final: str | Path):
+    """``with atomic_file(final) as tmp:`` write the file ``tmp`` (same suffix); it replaces ``final`` on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(final: str | Path, text: str) -> None:
+    with atomic_file(final) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,55 @@
+"""A NaN or inf loss stops training with a clear message and leaves the last good checkpoint as the newest."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from frpo.guards import FiniteLossCallback, NonFiniteLossError
+from frpo.rl import last_checkpoint
+from frpo.tiny import save_tiny_model
+from frpo.toy import VOCAB, toy_dataset, toy_reward
+from frpo.trainer import FRPOConfig, FRPOTrainer
+
+
+@pytest.mark.slow
+def test_injected_nan_stops_rl_and_keeps_the_last_good_checkpoint(tmp_path):
+    model_dir = str(save_tiny_model(tmp_path / "tiny", VOCAB, hidden_size=32, num_heads=2, seed=0))
+    ckpt = tmp_path / "ckpt"
+    config = FRPOConfig(
+        output_dir=str(ckpt), per_device_train_batch_size=8, num_generations=4, max_completion_length=6,
+        max_steps=4, learning_rate=1e-3, use_cpu=True, bf16=False, report_to=[], save_strategy="steps",
+        save_steps=1, logging_steps=1, disable_tqdm=True, seed=0,
+    )
+    trainer = FRPOTrainer(model=model_dir, reward_funcs=toy_reward, args=config, train_dataset=toy_dataset(),
+                          processing_class=AutoTokenizer.from_pretrained(model_dir))
+    real_objective, calls = trainer._objective, []
+
+    def poisoned(*args, **kwargs):  # the third loss computed is NaN, as a blown-up step would be
+        calls.append(1)
+        loss = real_objective(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    trainer._objective = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 2.*last good state"):
+        trainer.train()
+    assert last_checkpoint(ckpt).endswith("checkpoint-2")
+    assert not (ckpt / "checkpoint-3").exists()
+    state = torch.load(f"{last_checkpoint(ckpt)}/optimizer.pt", weights_only=False)
+    assert state["state"], "the kept checkpoint is a complete one"
+    for name, p in trainer.model.named_parameters():  # no NaN update was applied: the guard ran before backward
+        assert torch.isfinite(p).all(), name
+
+
+def test_finite_loss_callback_raises_only_on_non_finite_loss():
+    callback = FiniteLossCallback("fine-tuning")
+    args, state = SimpleNamespace(output_dir="ckpt"), SimpleNamespace(global_step=7)
+    callback.on_log(args, state, None, logs={"loss": 1.5})
+    callback.on_log(args, state, None, logs={"learning_rate": 1e-5})
+    for bad in (math.nan, math.inf):
+        with pytest.raises(NonFiniteLossError, match="fine-tuning: non-finite loss .* at step 7"):
+            callback.on_log(args, state, None, logs={"loss": bad})
