@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 __all__ = ["Generation", "completion_logps", "generate"]
 
@@ -53,7 +54,7 @@ def generate(
     tokenizer.padding_side = "left"
     chunks = []
     try:
-        for start in range(0, len(prompts), batch_size):
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", leave=False):
             enc = tokenizer(
                 _render(tokenizer, prompts[start : start + batch_size]),
                 return_tensors="pt", padding=True, add_special_tokens=False,
