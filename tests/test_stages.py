@@ -164,3 +164,32 @@ def test_figures_and_table_from_synthetic_results(tmp_path):
     assert table.set_index("model").loc["grpo", "refusal"] == 0.75
     assert (tmp_path / "t.md").read_text().startswith("| model |")
     assert run_label("frpo_lam0.2") == "FRPO λ=0.2" and run_label("grpo") == "GRPO"
+
+
+class CountingRefusalJudge:
+    """Test double registered as a judge: scores 1.0 when the response contains "sorry", and counts its calls."""
+
+    name, version = "counting_test_judge", "test-double/1"
+    calls = 0
+
+    def score(self, prompts, responses):
+        CountingRefusalJudge.calls += 1
+        return [float("sorry" in r) for r in responses]
+
+
+def test_a_repeated_demo_evaluation_makes_no_judge_calls(tiny, tmp_path):
+    from frpo.evals import run_eval
+    from frpo.judges.base import _REGISTRY, register
+
+    if "counting_test_judge" not in _REGISTRY:
+        register("counting_test_judge")(lambda **kw: CountingRefusalJudge())
+    cfg = {"data": {"safety_prompts": "builtin:safety_prompts"}, "max_prompts": 4,
+           "judges": {"safety": {"name": "counting_test_judge"}}, "judge_cache_dir": str(tmp_path / "cache"),
+           "generation": {"max_new_tokens": 4, "batch_size": 4}}
+    CountingRefusalJudge.calls = 0
+    first = run_eval("refusal", tiny, cfg, tmp_path / "a.json")
+    assert CountingRefusalJudge.calls >= 1 and first["judge_cache"]["misses"] == 4
+    CountingRefusalJudge.calls = 0
+    second = run_eval("refusal", tiny, cfg, tmp_path / "b.json")
+    assert CountingRefusalJudge.calls == 0, "the rerun judged nothing: every answer came from the cache"
+    assert second["judge_cache"]["hits"] == 4 and second["value"] == first["value"]

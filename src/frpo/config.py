@@ -91,14 +91,17 @@ def _check_semantics(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: model.{source_kind}: missing (model.source is {source_kind!r})")
     if source_kind == "local" and not Path(model["local"]["path"]).is_dir():
         raise ConfigError(f"{source}: model.local.path: {model['local']['path']!r} is not a directory")
-    for name in ("safety", "helpfulness"):
-        judge = config["judges"][name]
-        from .judges import required_env
+    from .judges import required_env
 
+    judges = {f"judges.{name}": config["judges"][name] for name in ("safety", "helpfulness")}
+    for bench in ("harmbench", "strongreject"):
+        if bench in config["eval"]["benchmarks"] and "judge" in config["eval"].get(bench, {}):
+            judges[f"eval.{bench}.judge"] = config["eval"][bench]["judge"]
+    for key, judge in judges.items():
         missing = [v for v in required_env(judge["name"], **judge.get("options", {})) if not os.environ.get(v)]
         if missing:
             raise ConfigError(
-                f"{source}: judges.{name}: judge {judge['name']!r} needs the environment variable(s) "
+                f"{source}: {key}: judge {judge['name']!r} needs the environment variable(s) "
                 f"{', '.join(missing)}, which are not set"
             )
 
@@ -184,8 +187,23 @@ def finetune_spec(config: dict, setting: str, classifier_path: str | None) -> di
     }
 
 
+#: eval sections passed through to the benchmark modules (see frpo/evals/*.py for the keys each reads)
+EVAL_SECTIONS = ("harmbench", "strongreject", "lm_eval", "math500", "gsm8k_maj8", "mmlu", "ifeval", "evalplus",
+                 "mbpp_plus", "humaneval_plus")
+
+
 def eval_spec(config: dict, classifier_path: str | None) -> dict:
-    return {
+    ev = config["eval"]
+    spec = {
         "device": config["device"], "data": config["data"], "judges": judges_spec(config, classifier_path),
-        "max_prompts": config["eval"].get("max_prompts"), "generation": config["eval"]["generation"],
+        "max_prompts": ev.get("max_prompts"), "generation": ev["generation"],
+        "judge_cache_dir": ev.get("judge_cache_dir", f"results/{config['name']}/judge_cache"),
     }
+    for section in EVAL_SECTIONS:
+        if section in ev:
+            spec[section] = copy.deepcopy(ev[section])
+    for section in ("harmbench", "strongreject"):  # the demo classifier, where an eval judge uses it
+        judge = spec.get(section, {}).get("judge")
+        if judge and judge["name"].startswith("minilm_") and config["judges"]["fit_refusal_judge"]:
+            judge.setdefault("options", {})["classifier_path"] = classifier_path
+    return spec

@@ -18,9 +18,19 @@ __all__ = ["BENCHMARKS", "model_fingerprint", "run_eval"]
 
 #: benchmark name -> module in this package that defines ``evaluate(model_path, cfg) -> dict``
 BENCHMARKS = {
+    # CPU demo stand-ins, on the project's own held-out data
     "refusal": "refusal",          # refusal rate on held-out harmful prompts (the demo's HarmBench stand-in)
     "over_refusal": "refusal",     # refusal rate on held-out benign, borderline-looking prompts (lower is better)
     "arithmetic": "arithmetic",    # accuracy on held-out GSM8K-like word problems (the demo's GSM8K stand-in)
+    # the paper's benchmarks
+    "harmbench": "harmbench",      # refusal rate = 1 - ASR on the standard behaviours (fixed subset or all)
+    "strongreject": "strongreject",  # mean StrongREJECT score (rubric or fine-tuned judge), lower is better
+    "math500": "math500",          # lm-eval minerva_math500, math_verify
+    "gsm8k_maj8": "gsm8k",         # lm-eval gsm8k_cot_self_consistency with 8 samples, maj@8
+    "mmlu": "mmlu",                # lm-eval mmlu, 5-shot
+    "ifeval": "ifeval",            # lm-eval ifeval
+    "mbpp_plus": "evalplus_eval",  # EvalPlus MBPP+, pass@1 over base + plus tests
+    "humaneval_plus": "evalplus_eval",  # EvalPlus HumanEval+
 }
 
 

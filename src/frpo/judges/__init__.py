@@ -17,7 +17,7 @@ does not import torch.
 
 from __future__ import annotations
 
-from . import minilm, paper  # noqa: F401  (imported for their @register side effects)
+from . import api, harmbench_cls, minilm, paper  # noqa: F401  (imported for their @register side effects)
 from .base import (
     HarmJudge,
     Judge,

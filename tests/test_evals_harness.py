@@ -1,0 +1,216 @@
+"""lm-eval (MATH500, GSM8K maj@8, MMLU, IFEval) and EvalPlus (MBPP+, HumanEval+) end to end on a tiny local
+model and fixture data, offline on the CPU; plus the pure scoring helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from frpo.evals.scoring import majority_vote, math_verify_score, pass_at_1  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "evals"
+
+
+# ---------------------------------------------------------------- scoring helpers
+
+
+def test_majority_vote_counts_and_ties():
+    assert majority_vote(["6", "5", "6", "7"]) == "6"
+    assert majority_vote(["5", "6", "6", "5"]) == "5"  # tie: the answer seen first wins
+    assert majority_vote(["6", "5", "5", "6"]) == "6"
+    assert majority_vote([None, None, "3"]) == "3"  # unparsed answers do not vote
+    assert majority_vote([None, None]) is None
+    assert majority_vote(["1", "2", "2", "2", "2", "2", "2", "2", "9", "9"], k=8) == "2"
+    assert majority_vote(["1", "1", "2", "2", "2"], k=4) == "1"  # only the first k vote
+
+
+def test_pass_at_1_needs_base_and_plus():
+    statuses = {
+        "Mbpp/1": [{"base_status": "pass", "plus_status": "pass"}],
+        "Mbpp/2": [{"base_status": "pass", "plus_status": "fail"}],
+        "Mbpp/3": [{"base_status": "fail", "plus_status": "pass"}],
+        "Mbpp/4": [{"base_status": "timeout", "plus_status": "timeout"}],
+    }
+    s = pass_at_1(statuses)
+    assert s["n_tasks"] == 4
+    assert s["base"] == pytest.approx(2 / 4)
+    assert s["plus"] == pytest.approx(1 / 4)
+    assert s["per_task"]["Mbpp/2"] == {"base": True, "plus": False}
+    # several samples per task: mean per-task pass rate (unbiased pass@1)
+    two = {"HumanEval/0": [{"base_status": "pass", "plus_status": "pass"}, {"base_status": "pass", "plus_status": "fail"}]}
+    assert pass_at_1(two)["plus"] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        pass_at_1({})
+
+
+def test_math_verify_wiring():
+    pytest.importorskip("math_verify")
+    assert math_verify_score("so the answer is $\\boxed{\\frac{2}{3}}$", "gives $\\boxed{\\frac{4}{6}}$") == 1
+    assert math_verify_score("x = \\boxed{5}", "$x = \\boxed{5}$") == 1
+    assert math_verify_score("\\boxed{0.5}", "\\boxed{\\frac{1}{2}}") == 1
+    assert math_verify_score("\\boxed{41}", "\\boxed{40}") == 0
+    assert math_verify_score("no answer here", "\\boxed{40}") == 0
+
+
+# ---------------------------------------------------------------- end to end on a tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from frpo.tiny import save_tiny_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    words = "the a is answer of 1 2 3 4 5 6 def return python boxed".split()
+    return str(save_tiny_model(d / "model", words))
+
+
+@pytest.fixture(scope="module")
+def nltk_dir(tmp_path_factory):
+    from frpo.evals.lm_eval_tasks import write_minimal_punkt_tab
+
+    return str(write_minimal_punkt_tab(tmp_path_factory.mktemp("nltk")))
+
+
+LM_EVAL_CASES = [
+    # benchmark, module, metric key, n fixture docs, task version, extra expectations
+    ("math500", "math500", "math_verify,none", 3, 3.1),
+    ("gsm8k_maj8", "gsm8k", "exact_match,maj@8", 3, 2.0),
+    ("mmlu", "mmlu", "acc,none", 3, 1.0),
+    ("ifeval", "ifeval", "prompt_level_strict_acc,none", 3, 4.0),
+]
+
+
+@pytest.mark.parametrize("benchmark,module,metric,n,task_version", LM_EVAL_CASES)
+def test_lm_eval_benchmark_end_to_end(tiny_model, nltk_dir, tmp_path, benchmark, module, metric, n, task_version):
+    pytest.importorskip("lm_eval")
+    import importlib
+
+    mod = importlib.import_module(f"frpo.evals.{module}")
+    cfg = {"benchmark": benchmark, "device": "cpu",
+           "lm_eval": {"data_dir": str(FIXTURES), "nltk_data": nltk_dir, "batch_size": 4, "backend": "auto"},
+           benchmark: {"max_gen_toks": 8} if benchmark != "mmlu" else {}}
+    r = mod.evaluate(tiny_model, cfg)
+    json.dumps(r)  # serialisable as is
+    assert r["metric"] == metric and metric in r["metrics"]
+    assert 0.0 <= r["value"] <= 1.0
+    assert r["n"] == n
+    assert r["lm_eval_version"] == "0.4.13"
+    assert r["task_versions"][r["task"]] == task_version
+    assert r["backend"] == "hf"  # no vLLM / no GPU here
+    assert r["dataset"]["path"] == "json" and r["dataset"]["data_files"]
+    g = r["generation"]
+    if benchmark == "math500":
+        assert r["num_fewshot"] == 0 and g["apply_chat_template"]
+        assert g["system_instruction"].startswith("Please reason step by step")
+        assert g["gen_kwargs"]["max_gen_toks"] == 8 and g["gen_kwargs"]["temperature"] == 0.0
+        assert "exact_match,none" in r["metrics"]
+    if benchmark == "gsm8k_maj8":
+        assert g["repeats"] == 8 and r["num_fewshot"] == 8
+        assert g["task_generation_kwargs"]["do_sample"] is True  # maj@8 votes over 8 samples
+        assert len(r["samples"][0]["filtered_resps"]) == 1
+    if benchmark == "mmlu":
+        assert r["num_fewshot"] == 5 and g["gen_kwargs"] is None
+    if benchmark == "ifeval":
+        assert r["nltk_punkt"].startswith(nltk_dir)
+        assert set(r["metrics"]) == {"prompt_level_strict_acc,none", "inst_level_strict_acc,none",
+                                     "prompt_level_loose_acc,none", "inst_level_loose_acc,none"}
+
+
+def test_ifeval_without_punkt_fails_before_any_download(tiny_model, monkeypatch, tmp_path):
+    nltk = pytest.importorskip("nltk")
+    from frpo.evals.lm_eval_tasks import ensure_punkt
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    monkeypatch.delenv("NLTK_DATA", raising=False)
+    with pytest.raises(RuntimeError, match="punkt_tab"):
+        ensure_punkt(None)
+
+
+def test_mbpp_plus_end_to_end(tiny_model, tmp_path):
+    pytest.importorskip("evalplus")
+    from frpo.evals import evalplus_eval
+
+    cfg = {"benchmark": "mbpp_plus", "device": "cpu",
+           "mbpp_plus": {"data_path": str(FIXTURES / "mbpp_plus.jsonl"), "max_new_tokens": 8, "timeout_s": 120,
+                         "cache_dir": str(tmp_path / "cache"), "parallel": 2}}
+    r = evalplus_eval.evaluate(tiny_model, cfg)
+    json.dumps(r)
+    assert r["metric"] == "pass@1_plus" and r["n"] == 3
+    assert r["value"] == 0.0  # random weights write no working code
+    assert r["backend"] == "transformers" and r["generation"]["temperature"] == 0.0
+    assert r["evalplus_version"] == "0.3.1"
+    assert {s["task_id"] for s in r["samples"]} == {"Mbpp/9001", "Mbpp/9002", "Mbpp/9003"}
+
+
+def test_humaneval_plus_end_to_end_with_limit(tiny_model, tmp_path):
+    pytest.importorskip("evalplus")
+    from frpo.evals import evalplus_eval
+
+    cfg = {"benchmark": "humaneval_plus",
+           "humaneval_plus": {"data_path": str(FIXTURES / "humaneval_plus.jsonl"), "max_new_tokens": 8,
+                              "limit": 1, "timeout_s": 120, "cache_dir": str(tmp_path / "cache")}}
+    r = evalplus_eval.evaluate(tiny_model, cfg)
+    assert r["n"] == 1 and r["dataset"]["limit"] == 1
+    assert r["samples"][0]["solution"].startswith("def add_one")  # prompt prepended to a non-code answer
+
+
+def _canonical_samples(path, out, override=None):
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    with open(out, "w") as f:
+        for r in rows:
+            sol = override.get(r["task_id"]) if override else None
+            if sol is None:
+                sol = r["canonical_solution"] if r["canonical_solution"].lstrip().startswith("def") \
+                    else r["prompt"] + r["canonical_solution"]
+            f.write(json.dumps({"task_id": r["task_id"], "solution": sol}) + "\n")
+
+
+def test_evalplus_scoring_canonical_pass_and_hung_task_fails(tmp_path):
+    pytest.importorskip("evalplus")
+    from frpo.evals.evalplus_eval import score_samples
+
+    data = FIXTURES / "mbpp_plus.jsonl"
+    samples = tmp_path / "s.jsonl"
+    wrong_plus = "def sum_squares(xs):\n    return sum(x * x for x in xs) if xs and xs != [-4, 5, 10] else 0\n"
+    hang = "def is_even(n):\n    while True:\n        pass\n"
+    _canonical_samples(data, samples, {"Mbpp/9001": wrong_plus, "Mbpp/9003": hang})
+    res = score_samples("mbpp", samples, data, timeout_s=120, cache_dir=tmp_path / "cache", parallel=2,
+                        min_time_limit=0.5)
+    statuses = {t: (v[0]["base_status"], v[0]["plus_status"]) for t, v in res["eval"].items()}
+    assert statuses["Mbpp/9002"] == ("pass", "pass")
+    assert statuses["Mbpp/9001"] == ("pass", "fail")
+    assert statuses["Mbpp/9003"][0] != "pass"  # the infinite loop is a per-test timeout: a failure
+    s = pass_at_1(res["eval"])
+    assert s["plus"] == pytest.approx(1 / 3) and s["base"] == pytest.approx(2 / 3)
+
+
+def test_evalplus_scoring_subprocess_is_bounded(tmp_path):
+    pytest.importorskip("evalplus")
+    from frpo.evals.evalplus_eval import score_samples
+
+    data = FIXTURES / "humaneval_plus.jsonl"
+    samples = tmp_path / "s.jsonl"
+    _canonical_samples(data, samples)
+    with pytest.raises(TimeoutError):
+        score_samples("humaneval", samples, data, timeout_s=0.5, cache_dir=tmp_path / "cache")
+
+
+def test_transformers_backend_shapes(tiny_model):
+    from frpo.evals.backend import get_backend, to_messages
+
+    assert to_messages("hi", "sys") == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    b = get_backend(tiny_model, "auto", device="cpu", batch_size=2)
+    assert b.name == "transformers"
+    out = b.generate(["what is 1", [{"role": "user", "content": "the answer"}], "a"], max_new_tokens=4)
+    assert len(out) == 3 and all(len(o) == 1 and isinstance(o[0], str) for o in out)
+    assert b.generate(["what is 1"], max_new_tokens=4) == b.generate(["what is 1"], max_new_tokens=4)[:1]
+    out = b.generate(["what is 1", "a"], max_new_tokens=4, temperature=0.7, n=3, system_prompt="be brief")
+    assert [len(o) for o in out] == [3, 3]
+    with pytest.raises(ValueError):
+        b.generate(["a"], max_new_tokens=2, n=2)
