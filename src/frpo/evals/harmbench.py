@@ -141,6 +141,22 @@ def check_env(name: str, judge_cfg: dict) -> None:
             raise JudgeConfigError(f"judge {name!r} needs the environment variable {var}, which is not set")
 
 
+def generate_and_judge(model_path, cfg: dict, section: dict, prompts: list[str], name: str, judge: Any,
+                       judge_cfg: dict) -> tuple[dict, list[str], list[dict], dict]:
+    """Greedy completions of ``prompts``, judged through the on-disk cache: (settings, texts, answers, cache stats).
+    The judge's environment (API key) is checked before any generation."""
+    settings = generation_settings(cfg, section)
+    cache = open_cache(cfg, section)
+    try:
+        check_env(name, judge_cfg)
+        texts = run_generation(model_path, cfg, prompts, settings)
+        answers = cached_score(judge, prompts, texts, cache)
+        cache_stats = cache.stats()
+    finally:
+        cache.close()
+    return settings, texts, answers, cache_stats
+
+
 def judge_record(name: str, judge: Any, judge_cfg: dict) -> dict:
     opts = {k: v for k, v in (judge_cfg.get("options") or {}).items() if k not in ("api_key",)}
     return {"name": name, "version": str(getattr(judge, "version", name)),
@@ -160,15 +176,7 @@ def evaluate(model_path, cfg: dict) -> dict:
     idx = fixed_subset(len(rows), hb.get("subset"), seed)
     rows = [rows[i] for i in idx]
     behaviors = [r["behavior"] for r in rows]
-    settings = generation_settings(cfg, hb)
-    cache = open_cache(cfg, hb)
-    try:
-        check_env(name, judge_cfg)  # fail before generating
-        texts = run_generation(model_path, cfg, behaviors, settings)
-        answers = cached_score(judge, behaviors, texts, cache)
-        cache_stats = cache.stats()
-    finally:
-        cache.close()
+    settings, texts, answers, cache_stats = generate_and_judge(model_path, cfg, hb, behaviors, name, judge, judge_cfg)
 
     samples, refused_flags = [], []
     n_malformed = 0

@@ -24,17 +24,7 @@ import os
 from pathlib import Path
 
 from ..judges.base import JudgeResponseError
-from ..judges.cache import cached_score
-from .harmbench import (
-    build_eval_judge,
-    check_env,
-    fixed_subset,
-    generation_settings,
-    judge_record,
-    open_cache,
-    run_generation,
-    sha256_file,
-)
+from .harmbench import build_eval_judge, fixed_subset, generate_and_judge, judge_record, sha256_file
 
 __all__ = ["JUDGE_BACKENDS", "evaluate", "load_prompts", "resolve_dataset"]
 
@@ -81,15 +71,7 @@ def evaluate(model_path, cfg: dict) -> dict:
     idx = fixed_subset(len(rows), sr.get("subset"), seed)
     rows = [rows[i] for i in idx]
     prompts = [r["prompt"] for r in rows]
-    settings = generation_settings(cfg, sr)
-    cache = open_cache(cfg, sr)
-    try:
-        check_env(name, judge_cfg)  # fail before generating
-        texts = run_generation(model_path, cfg, prompts, settings)
-        answers = cached_score(judge, prompts, texts, cache)
-        cache_stats = cache.stats()
-    finally:
-        cache.close()
+    settings, texts, answers, cache_stats = generate_and_judge(model_path, cfg, sr, prompts, name, judge, judge_cfg)
 
     samples, harms = [], []
     n_malformed = 0
