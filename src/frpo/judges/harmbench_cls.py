@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from .base import JudgeConfigError, JudgeResponseError, check_pairs, register
+from .paper import wrap_loaded
 
 __all__ = ["HB_CLS_MODEL", "HB_CLS_PROMPTS", "HB_CLS_TEMPLATE_VERSIONS", "HarmBenchClassifier",
            "parse_next_token"]
@@ -123,10 +124,8 @@ class HarmBenchClassifier:
 
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, **options: Any) -> HarmBenchClassifier:
-        judge = cls(model=getattr(getattr(model, "config", None), "_name_or_path", "in-memory"), **options)
-        judge._model, judge._tok = judge._prepare(model, tokenizer)
-        judge.loaded_info = {"device": str(next(model.parameters()).device)}
-        return judge
+        """Wrap an already loaded causal LM + tokenizer (tests, custom placement)."""
+        return wrap_loaded(cls, model, tokenizer, **options)
 
     @property
     def version(self) -> str:

@@ -132,6 +132,14 @@ def _mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def wrap_loaded(cls: type, model: Any, tokenizer: Any, **options: Any) -> Any:
+    """A judge of class ``cls`` around an already loaded model and tokenizer, passed through ``cls._prepare``."""
+    judge = cls(model=getattr(getattr(model, "config", None), "_name_or_path", "in-memory"), **options)
+    judge._model, judge._tok = judge._prepare(model, tokenizer)
+    judge.loaded_info = {"device": str(next(model.parameters()).device)}
+    return judge
+
+
 def _commit(model: Any) -> str | None:
     return getattr(getattr(model, "config", None), "_commit_hash", None)
 
@@ -514,10 +522,7 @@ class RMRB2Judge:
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, **options: Any) -> RMRB2Judge:
         """Wrap an already loaded sequence-classification model + tokenizer (tests, custom placement)."""
-        judge = cls(model=getattr(getattr(model, "config", None), "_name_or_path", "in-memory"), **options)
-        judge._model, judge._tok = judge._prepare(model, tokenizer)
-        judge.loaded_info = {"device": str(next(model.parameters()).device)}
-        return judge
+        return wrap_loaded(cls, model, tokenizer, **options)
 
     @property
     def version(self) -> str:
