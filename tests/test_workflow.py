@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,42 @@ def test_slurm_profile_dry_run_declares_gpu_resources(tmp_path):
                        "--configfile", str(ROOT / "config" / "config.yaml"))
     out = result.stdout + result.stderr
     assert "rule rl_train" in out and "gpu=1" in out and "cpus_per_gpu=8" in out
+
+
+def test_every_benchmark_has_its_own_rule_sized_by_the_slurm_profile(tmp_path):
+    from frpo.evals import BENCHMARKS
+
+    rules = set(snakemake("--list-rules").stdout.split())
+    eval_rules = {r for r in rules if r.startswith("eval_")}
+    assert eval_rules == {f"eval_{b}" for b in BENCHMARKS}
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "profile.yaml").read_text())["set-resources"]
+    for rule in eval_rules:
+        assert {"gpu", "cpus_per_gpu", "mem_mb", "runtime"} <= set(profile[rule]), rule
+
+    # Every benchmark planned for pi_ref, each RL model and each fine-tuned model, each job by the rule of its
+    # benchmark, reading the model its target names (lambda* off: its checkpoint would defer the eval jobs).
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config["rl"]["lambda_star"]["enabled"] = False
+    config["eval"]["benchmarks"] = sorted(BENCHMARKS)
+    config["eval"]["harmbench"] = {"behaviors": str(ROOT / "tests/fixtures/evals/harmbench_behaviors_tiny.csv"),
+                                   "judge": {"name": "minilm_refusal"}}
+    config["eval"]["strongreject"] = {"datasets": {"small": str(ROOT / "tests/fixtures/evals/strongreject_tiny.csv")},
+                                      "judge": {"name": "strongreject_finetuned"}}
+    cfg = tmp_path / "all_benchmarks.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(cfg)).stdout
+    jobs = re.findall(r"rule eval_([a-z_0-9]+):\n    input: ([^,\n]+).*?\n    output: (\S+)\n.*?wildcards: target=(\S+)\n",
+                      out, flags=re.S)
+    expected_models = {"ref": "results/smoke/warmup/model", "rl/grpo": "results/smoke/models/grpo",
+                       "rl/frpo_lam0.2": "results/smoke/models/frpo_lam0.2"}
+    for run in ("grpo", "frpo_lam0.2"):
+        key = f"ft/{run}/arithmetic-lora-lr1e-3-ep1"
+        expected_models[key] = f"results/smoke/{key}/model"
+    assert {(bench, target) for bench, _, _, target in jobs} == {(b, t) for b in BENCHMARKS for t in expected_models}
+    assert len(jobs) == len(BENCHMARKS) * len(expected_models)
+    for bench, model, output, target in jobs:
+        assert output == f"results/smoke/eval/{target}/{bench}.json"
+        assert model == expected_models[target], (bench, target, model)
 
 
 def test_an_invalid_config_fails_before_any_job(tmp_path):

@@ -22,10 +22,14 @@ LOGS = f"logs/{config['name']}"
 ENV = "../../envs/frpo.yaml"
 
 
+RUN_RE = r"grpo|frpo_lam[0-9]+(\.[0-9]+)?"
+SETTING_RE = r"[a-z0-9_]+-(full|lora)-lr[0-9.eE+-]+-ep[0-9]+"
+
+
 wildcard_constraints:
-    run=r"grpo|frpo_lam[0-9]+(\.[0-9]+)?",
-    setting=r"[a-z0-9_]+-(full|lora)-lr[0-9.eE+-]+-ep[0-9]+",
-    bench=r"[a-z_]+",
+    run=RUN_RE,
+    setting=SETTING_RE,
+    target=rf"ref|rl/({RUN_RE})|ft/({RUN_RE})/{SETTING_RE}",  # the model an evaluation reads (eval.smk)
 
 
 def parent(path):
@@ -79,6 +83,16 @@ def eval_inputs(wildcards=None):
     for run, setting in ft_targets():
         out.update({f"{run}/{setting}:{b}": f"{RESULTS}/eval/ft/{run}/{setting}/{b}.json" for b in benches})
     return out
+
+
+def eval_model(wildcards):
+    """The model directory an eval target names: ref, rl/<run> or ft/<run>/<setting>."""
+    kind, _, rest = wildcards.target.partition("/")
+    if kind == "ref":
+        return ref_model()
+    if kind == "rl":
+        return f"{RESULTS}/models/{rest}"
+    return f"{RESULTS}/ft/{rest}/model"
 
 
 def rl_metrics_inputs(wildcards=None):
