@@ -91,6 +91,36 @@ def test_an_api_judge_without_its_key_fails_at_start(monkeypatch):
     validate_config(config, SCHEMA)
 
 
+def test_judged_benchmarks_need_their_data_and_their_default_judges_key(monkeypatch, tmp_path):
+    config = load("config.yaml")
+    config["eval"]["benchmarks"] = ["harmbench"]
+    with pytest.raises(ConfigError, match=r"eval\.harmbench\.behaviors: missing"):
+        validate_config(config, SCHEMA)
+    config["eval"]["harmbench"] = {"behaviors": str(tmp_path / "nowhere.csv"), "judge": {"name": "minilm_refusal"}}
+    with pytest.raises(ConfigError, match=r"eval\.harmbench\.behaviors: .*nowhere\.csv.* is not a file"):
+        validate_config(config, SCHEMA)
+    csv = tmp_path / "behaviors.csv"
+    csv.write_text("Behavior,FunctionalCategory\nx,standard\n")
+    config["eval"]["harmbench"]["behaviors"] = str(csv)
+    validate_config(config, SCHEMA)
+    # with no judge named, the default (the paper's GPT-4o labelling) needs its key now, not after training
+    del config["eval"]["harmbench"]["judge"]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"eval\.harmbench\.judge: judge 'gpt4o_harmbench' .*OPENAI_API_KEY"):
+        validate_config(config, SCHEMA)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    validate_config(config, SCHEMA)
+
+    config["eval"]["benchmarks"] = ["strongreject"]
+    with pytest.raises(ConfigError, match=r"eval\.strongreject\.datasets\.small: missing"):
+        validate_config(config, SCHEMA)
+    config["eval"]["strongreject"] = {"dataset": "full", "datasets": {"small": str(csv)}}
+    with pytest.raises(ConfigError, match=r"eval\.strongreject\.datasets\.full: missing"):
+        validate_config(config, SCHEMA)
+    config["eval"]["strongreject"]["datasets"]["full"] = str(csv)
+    validate_config(config, SCHEMA)
+
+
 def test_lambda_star_needs_a_grpo_run():
     config = load("config.yaml")
     config["rl"]["algorithms"] = ["frpo"]

@@ -94,9 +94,8 @@ def _check_semantics(config: dict, source: str) -> None:
     from .judges import required_env
 
     judges = {f"judges.{name}": config["judges"][name] for name in ("safety", "helpfulness")}
-    for bench in ("harmbench", "strongreject"):
-        if bench in config["eval"]["benchmarks"] and "judge" in config["eval"].get(bench, {}):
-            judges[f"eval.{bench}.judge"] = config["eval"][bench]["judge"]
+    judges.update(_eval_judges(config))
+    _check_eval_data(config, source)
     for key, judge in judges.items():
         missing = [v for v in required_env(judge["name"], **judge.get("options", {})) if not os.environ.get(v)]
         if missing:
@@ -104,6 +103,38 @@ def _check_semantics(config: dict, source: str) -> None:
                 f"{source}: {key}: judge {judge['name']!r} needs the environment variable(s) "
                 f"{', '.join(missing)}, which are not set"
             )
+
+
+def _eval_judges(config: dict) -> dict:
+    """``{config key: judge}`` of each listed judged benchmark, its section's judge or the default one."""
+    from .evals import DEFAULT_JUDGES
+
+    judges = {}
+    for bench, default in DEFAULT_JUDGES.items():
+        if bench in config["eval"]["benchmarks"]:
+            judge = config["eval"].get(bench, {}).get("judge", {"name": default})
+            judges[f"eval.{bench}.judge"] = {"name": judge} if isinstance(judge, str) else judge
+    return judges
+
+
+def _check_eval_data(config: dict, source: str) -> None:
+    """The local data files the listed benchmarks need are named and exist (HarmBench and StrongREJECT have no
+    download path here: their CSVs are configured files)."""
+    ev, benches = config["eval"], config["eval"]["benchmarks"]
+    files = {}
+    if "harmbench" in benches:
+        files["eval.harmbench.behaviors"] = ev.get("harmbench", {}).get("behaviors")
+    if "strongreject" in benches:
+        sr = ev.get("strongreject", {})
+        which = str(sr.get("dataset", "small"))
+        datasets = sr.get("datasets") or {}
+        key = f"eval.strongreject.datasets.{which}" if which in ("small", "full") else "eval.strongreject.dataset"
+        files[key] = datasets.get(which, None if which in ("small", "full") else which)
+    for key, path in files.items():
+        if not path:
+            raise ConfigError(f"{source}: {key}: missing (the path of a local CSV; see config/README.md)")
+        if not Path(os.path.expanduser(str(path))).is_file():
+            raise ConfigError(f"{source}: {key}: {str(path)!r} is not a file")
 
 
 def rl_runs(config: dict, lambda_star: str | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 
-__all__ = ["BENCHMARKS", "model_fingerprint", "run_eval"]
+__all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "model_fingerprint", "run_eval"]
 
 #: benchmark name -> module in this package that defines ``evaluate(model_path, cfg) -> dict``
 BENCHMARKS = {
@@ -32,6 +32,9 @@ BENCHMARKS = {
     "mbpp_plus": "evalplus_eval",  # EvalPlus MBPP+, pass@1 over base + plus tests
     "humaneval_plus": "evalplus_eval",  # EvalPlus HumanEval+
 }
+
+#: the judge a judged benchmark uses when its config section names none (the paper's API judges)
+DEFAULT_JUDGES = {"harmbench": "gpt4o_harmbench", "strongreject": "strongreject_rubric"}
 
 
 def model_fingerprint(model_path: str | Path) -> str:

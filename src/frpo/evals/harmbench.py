@@ -33,6 +33,7 @@ from ..judges import api as _api  # noqa: F401  (registers gpt4o_harmbench, stro
 from ..judges import harmbench_cls as _hb_cls  # noqa: F401  (registers harmbench_cls)
 from ..judges.base import JudgeConfigError, JudgeResponseError, required_env
 from ..judges.cache import JudgeCache, cached_score
+from . import DEFAULT_JUDGES
 
 __all__ = ["JUDGE_BACKENDS", "evaluate", "fixed_subset", "load_behaviors", "sha256_file"]
 
@@ -170,7 +171,7 @@ def evaluate(model_path, cfg: dict) -> dict:
     on_malformed = hb.get("on_malformed", "count_as_refusal")
     if on_malformed not in MALFORMED_POLICIES:
         raise ValueError(f"harmbench.on_malformed must be one of {MALFORMED_POLICIES}")
-    name, judge, judge_cfg = build_eval_judge(hb, JUDGE_BACKENDS, "gpt4o_harmbench")
+    name, judge, judge_cfg = build_eval_judge(hb, JUDGE_BACKENDS, DEFAULT_JUDGES["harmbench"])
     rows = load_behaviors(hb["behaviors"])
     seed = int(hb.get("seed", 0))
     idx = fixed_subset(len(rows), hb.get("subset"), seed)

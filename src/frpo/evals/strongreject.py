@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from ..judges.base import JudgeResponseError
+from . import DEFAULT_JUDGES
 from .harmbench import build_eval_judge, fixed_subset, generate_and_judge, judge_record, sha256_file
 
 __all__ = ["JUDGE_BACKENDS", "evaluate", "load_prompts", "resolve_dataset"]
@@ -63,7 +64,7 @@ def evaluate(model_path, cfg: dict) -> dict:
     on_malformed = sr.get("on_malformed", "exclude")
     if on_malformed not in ("exclude", "raise"):
         raise ValueError("strongreject.on_malformed must be 'exclude' or 'raise'")
-    name, judge, judge_cfg = build_eval_judge(sr, JUDGE_BACKENDS, "strongreject_rubric")
+    name, judge, judge_cfg = build_eval_judge(sr, JUDGE_BACKENDS, DEFAULT_JUDGES["strongreject"])
     set_name, path = resolve_dataset(sr)
     rows = load_prompts(path)
     n_available = len(rows)
