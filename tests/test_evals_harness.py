@@ -148,6 +148,60 @@ def test_mbpp_plus_end_to_end(tiny_model, tmp_path):
     assert {s["task_id"] for s in r["samples"]} == {"Mbpp/9001", "Mbpp/9002", "Mbpp/9003"}
 
 
+class _PrefillFollowingBackend:
+    """Test double for a model that continues EvalPlus's prefill with a task's canonical code and closes the fence
+    (so the pipeline from prompt to score is checked with answers whose pass@1 is known: 1)."""
+
+    name = "test-double"
+
+    def __init__(self, problems):
+        self.solutions = {p["prompt"].strip(): p["canonical_solution"] for p in problems}
+        self.prompts = None
+
+    def settings(self):
+        return {"backend": self.name}
+
+    def generate(self, prompts, max_new_tokens, temperature=0.0, n=1):
+        self.prompts = prompts
+        out = []
+        for messages in prompts:
+            user = messages[0]["content"]
+            task_prompt = next(k for k in self.solutions if k in user)
+            out.append([self.solutions[task_prompt] + "```\n\nThis function works."])
+        return out
+
+
+def test_evalplus_prefills_the_response_prefix_and_scores_the_continuation(tmp_path, monkeypatch):
+    pytest.importorskip("evalplus")
+    from frpo.evals import backend as backend_mod
+    from frpo.evals import evalplus_eval
+
+    problems = [json.loads(x) for x in (FIXTURES / "mbpp_plus.jsonl").read_text().splitlines() if x.strip()]
+    double = _PrefillFollowingBackend(problems)
+    monkeypatch.setattr(backend_mod, "get_backend", lambda *a, **k: double)
+    cfg = {"benchmark": "mbpp_plus", "device": "cpu",
+           "mbpp_plus": {"data_path": str(FIXTURES / "mbpp_plus.jsonl"), "timeout_s": 120,
+                         "cache_dir": str(tmp_path / "cache"), "parallel": 2}}
+    r = evalplus_eval.evaluate(str(tmp_path), cfg)  # the double ignores the model directory
+    for messages in double.prompts:
+        assert messages[-1] == {"role": "assistant", "content": evalplus_eval.ASSISTANT_PREFILL}
+        assert messages[-1]["content"].endswith("```python\n")
+    assert r["value"] == 1.0 and r["metrics"]["pass@1_base"] == 1.0 and r["n"] == 3
+    assert all("```" not in s["solution"] and "This function works" not in s["solution"] for s in r["samples"])
+
+
+def test_an_assistant_prefill_is_continued_not_reopened(tiny_model):
+    from transformers import AutoTokenizer
+
+    from frpo.generation import _render
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    user = [{"role": "user", "content": "Write code."}]
+    opened = _render(tok, [user])[0]
+    prefilled = _render(tok, [[*user, {"role": "assistant", "content": "Sure:\n```python\n"}]])[0]
+    assert prefilled == opened + "Sure:\n```python\n"
+
+
 def test_humaneval_plus_end_to_end_with_limit(tiny_model, tmp_path):
     pytest.importorskip("evalplus")
     from frpo.evals import evalplus_eval

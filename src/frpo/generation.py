@@ -28,10 +28,15 @@ class Generation:
 
 
 def _render(tokenizer, prompts) -> list[str]:
+    """Chat-template each prompt (a string is one user turn). A conversation ending in an assistant message is
+    continued from that message (an assistant prefill) instead of opening a new assistant turn."""
     rendered = []
     for p in prompts:
         messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        if messages[-1].get("role") == "assistant":
+            rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True))
+        else:
+            rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     return rendered
 
 

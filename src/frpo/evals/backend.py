@@ -3,7 +3,8 @@
 ``get_backend(model_path, name="auto")`` picks vLLM when it is importable and CUDA is available, transformers
 otherwise. Both expose ``generate(prompts, max_new_tokens, temperature=0.0, n=1, system_prompt=None)`` ->
 ``list[list[str]]`` (one list of ``n`` completions per prompt), render prompts with the model's chat template
-(a prompt is a string, wrapped as one user turn, or a list of chat messages), decode greedily when
+(a prompt is a string, wrapped as one user turn, or a list of chat messages; messages ending with an assistant
+message are continued from it, a prefill, and the completion returned excludes it), decode greedily when
 ``temperature == 0``, and carry a ``.name`` that the result JSON records.
 """
 
@@ -98,7 +99,11 @@ class VLLMBackend:
         messages = [to_messages(p, system_prompt) for p in prompts]
         if not messages:
             return []
-        outputs = self.llm.chat(messages, params, use_tqdm=False)
+        prefill = messages[0][-1].get("role") == "assistant"  # continue an assistant prefill (all or none)
+        if any((m[-1].get("role") == "assistant") != prefill for m in messages):
+            raise ValueError("either every prompt ends with an assistant prefill or none does")
+        outputs = self.llm.chat(messages, params, use_tqdm=False, add_generation_prompt=not prefill,
+                                continue_final_message=prefill)
         return [[o.text.strip() for o in out.outputs] for out in outputs]
 
 

@@ -1,9 +1,9 @@
 """MBPP+ and HumanEval+ (EvalPlus 0.3.1): greedy samples from our backend, scored by ``evalplus.evaluate``.
 
 * Prompts follow EvalPlus's chat formatting (``provider/utility.py::make_raw_chat_prompt``): the instruction
-  prefix, then the task prompt in a code fence. Deviation, recorded in the result: the assistant turn is not
-  prefilled with EvalPlus's response prefix (our backends render with ``add_generation_prompt``), so the code
-  is extracted from the markdown answer by ``evalplus.sanitize`` (tree-sitter), as EvalPlus does for raw text.
+  prefix, then the task prompt in a code fence, and the assistant turn prefilled with EvalPlus's response
+  prefix (ending in an opened python fence), which the model continues. The code is extracted from prefix +
+  completion by ``evalplus.sanitize`` (tree-sitter), as EvalPlus does for raw text.
 * Scoring runs ``python -m evalplus.evaluate --dataset D --samples S.jsonl`` in a subprocess (its own session)
   under a wall-clock limit ``timeout_s``: past it the whole process group is killed and the rule fails with
   TimeoutError instead of hanging (EvalPlus 0.3.1's own per-task timeout can fail to kill a hung test: #294).
@@ -30,12 +30,13 @@ from pathlib import Path
 
 from .scoring import pass_at_1
 
-__all__ = ["DATASETS", "INSTRUCTION_PREFIX", "build_prompt", "evaluate", "extract_solution", "score_samples"]
+__all__ = ["ASSISTANT_PREFILL", "DATASETS", "INSTRUCTION_PREFIX", "build_prompt", "evaluate", "extract_solution", "score_samples"]
 
 INSTRUCTION_PREFIX = ("Please provide a self-contained Python script that solves the following problem in a "
                       "markdown code block:")
 RESPONSE_PREFIX = ("Below is a Python script with a self-contained function that solves the problem and passes "
                    "corresponding tests:")
+ASSISTANT_PREFILL = f"{RESPONSE_PREFIX}\n```python\n"  # EvalPlus's response prefix, which the model continues
 #: benchmark -> (evalplus dataset name, override environment variable, dataset version recorded)
 DATASETS = {
     "mbpp_plus": ("mbpp", "MBPP_OVERRIDE_PATH", "MbppPlus-v0.2.0"),
@@ -60,9 +61,11 @@ def _load_problems(dataset: str, data_path) -> list[dict]:
     return list((get_mbpp_plus() if dataset == "mbpp" else get_human_eval_plus()).values())
 
 
-def build_prompt(task: dict) -> str:
-    """The EvalPlus chat user turn for one task."""
-    return f"{INSTRUCTION_PREFIX}\n```\n{task['prompt'].strip()}\n```\n"
+def build_prompt(task: dict) -> list[dict]:
+    """EvalPlus's chat prompt for one task: the user turn, then the assistant turn prefilled with the response
+    prefix (the model continues it)."""
+    return [{"role": "user", "content": f"{INSTRUCTION_PREFIX}\n```\n{task['prompt'].strip()}\n```\n"},
+            {"role": "assistant", "content": ASSISTANT_PREFILL}]
 
 
 def extract_solution(task: dict, response: str) -> str:
@@ -158,7 +161,7 @@ def evaluate(model_path, cfg: dict) -> dict:
         responses = backend.generate([build_prompt(p) for p in problems], max_new_tokens=int(opts["max_new_tokens"]),
                                      temperature=0.0, n=1)
         gen_seconds = time.perf_counter() - t0
-        rows = [{"task_id": p["task_id"], "solution": extract_solution(p, r[0]), "raw": r[0]}
+        rows = [{"task_id": p["task_id"], "solution": extract_solution(p, ASSISTANT_PREFILL + r[0]), "raw": r[0]}
                 for p, r in zip(problems, responses)]
         samples_path = work / f"{benchmark}_samples.jsonl"
         samples_path.write_text("".join(json.dumps({"task_id": r["task_id"], "solution": r["solution"]}) + "\n"
@@ -183,7 +186,7 @@ def evaluate(model_path, cfg: dict) -> dict:
                     "limit": opts["limit"], "hash": result.get("hash")},
         "generation": {**backend.settings(), "do_sample": False, "temperature": 0.0, "n": 1,
                        "max_new_tokens": int(opts["max_new_tokens"]),
-                       "prompt_format": "evalplus chat instruction prefix, no assistant prefill"},
+                       "prompt_format": "evalplus chat: instruction prefix, assistant prefilled with the response prefix"},
         "backend": backend.name,
         "scoring": {"min_time_limit": opts["min_time_limit"], "gt_time_limit_factor": opts["gt_time_limit_factor"],
                     "timeout_s": opts["timeout_s"], "parallel": opts["parallel"]},
