@@ -193,3 +193,20 @@ def test_a_repeated_demo_evaluation_makes_no_judge_calls(tiny, tmp_path):
     second = run_eval("refusal", tiny, cfg, tmp_path / "b.json")
     assert CountingRefusalJudge.calls == 0, "the rerun judged nothing: every answer came from the cache"
     assert second["judge_cache"]["hits"] == 4 and second["value"] == first["value"]
+
+
+def test_the_demo_evals_record_their_data_and_generation(tiny, tmp_path):
+    from frpo.data import builtin
+    from frpo.evals import run_eval
+    from frpo.evals.harmbench import sha256_file
+
+    cfg = {"data": {"arithmetic": "builtin:arithmetic"}, "max_prompts": 3,
+           "generation": {"max_new_tokens": 4, "batch_size": 3}}
+    r = run_eval("arithmetic", tiny, cfg, tmp_path / "arith.json")
+    assert r["metric"] == "accuracy" and r["n"] == 3 and r["value"] == 0.0  # random weights
+    assert r["dataset"] == {"path": "builtin:arithmetic", "sha256": sha256_file(builtin("arithmetic")),
+                            "split": "eval"}
+    assert r["generation"]["do_sample"] is False and r["generation"]["max_new_tokens"] == 4
+    assert r["generation"]["backend"] == "transformers" and r["model_sha256_16"]
+    assert json.loads((tmp_path / "arith.json").read_text())["n"] == 3
+

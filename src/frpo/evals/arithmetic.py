@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 
 from ..data import read_jsonl, resolve, spread
-from ..generation import generate
-from ..models import load_causal_lm
+from .harmbench import generation_settings, run_generation, sha256_file
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -28,20 +27,19 @@ def extract_answer(text: str) -> float | None:
 
 
 def evaluate(model_path, cfg: dict) -> dict:
-    rows = read_jsonl(resolve(cfg["data"]["arithmetic"]), required={"question": str, "split": str})
-    rows = spread([r for r in rows if r["split"] == "eval"], cfg.get("max_prompts"))
-    model, tokenizer = load_causal_lm(model_path, cfg.get("device", "cpu"))
-    gen_cfg = cfg["generation"]
-    gen = generate(model, tokenizer, [r["question"] for r in rows], max_new_tokens=gen_cfg["max_new_tokens"],
-                   do_sample=False, batch_size=gen_cfg.get("batch_size", 16))
-    answers = [extract_answer(t) for t in gen.texts]
+    path = resolve(cfg["data"]["arithmetic"])
+    rows = spread([r for r in read_jsonl(path, required={"question": str, "split": str}) if r["split"] == "eval"],
+                  cfg.get("max_prompts"))
+    settings = generation_settings(cfg, {})  # greedy, chat template, the eval's max_new_tokens
+    texts = run_generation(model_path, cfg, [r["question"] for r in rows], settings)
+    answers = [extract_answer(t) for t in texts]
     correct = [a is not None and abs(a - float(r["final"])) < 1e-6 for a, r in zip(answers, rows)]
     return {
         "metric": "accuracy",
         "value": sum(correct) / len(correct),
         "n": len(rows),
-        "dataset": f"{cfg['data']['arithmetic']} split=eval",
-        "generation": {"backend": "transformers", "do_sample": False, **gen_cfg},
+        "dataset": {"path": cfg["data"]["arithmetic"], "sha256": sha256_file(path), "split": "eval"},
+        "generation": settings,
         "samples": [{"question": r["question"], "response": t, "answer": a, "final": r["final"]}
-                    for r, t, a in zip(rows, gen.texts, answers)],
+                    for r, t, a in zip(rows, texts, answers)],
     }

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from ..data import read_jsonl, resolve, spread
 from ..judges import build_judge
-from .harmbench import generate_and_judge, judge_record
+from .harmbench import generate_and_judge, judge_record, sha256_file
 
 
 def evaluate(model_path, cfg: dict) -> dict:
     task = "safety" if cfg["benchmark"] == "refusal" else "normal"
-    rows = read_jsonl(resolve(cfg["data"]["safety_prompts"]), required={"prompt": str, "task": str, "split": str})
+    path = resolve(cfg["data"]["safety_prompts"])
+    rows = read_jsonl(path, required={"prompt": str, "task": str, "split": str})
     prompts = spread([r["prompt"] for r in rows if r["split"] == "eval" and r["task"] == task], cfg.get("max_prompts"))
     judge_cfg = cfg["judges"]["safety"]
     judge = build_judge(judge_cfg["name"], **judge_cfg.get("options", {}))
@@ -30,7 +31,7 @@ def evaluate(model_path, cfg: dict) -> dict:
         "value": sum(refused) / len(refused),
         "mean_judge_score": sum(probs) / len(probs),
         "n": len(prompts),
-        "dataset": f"{cfg['data']['safety_prompts']} split=eval task={task}",
+        "dataset": {"path": cfg["data"]["safety_prompts"], "sha256": sha256_file(path), "split": "eval", "task": task},
         "judge": judge_record(judge_cfg["name"], judge, judge_cfg),
         "refusal_rule": "P(refusal) > 0.5",
         "judge_cache": cache_stats,
