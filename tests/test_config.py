@@ -119,6 +119,12 @@ def test_judged_benchmarks_need_their_data_and_their_default_judges_key(monkeypa
         validate_config(config, SCHEMA)
     config["eval"]["strongreject"]["datasets"]["full"] = str(csv)
     validate_config(config, SCHEMA)
+    config["eval"]["strongreject"] = {"dataset": "mini", "datasets": {"mini": str(tmp_path / "none.csv")}}
+    with pytest.raises(ConfigError, match=r"eval\.strongreject\.datasets\.mini: .*none\.csv.* is not a file"):
+        validate_config(config, SCHEMA)
+    config["eval"]["strongreject"] = {"dataset": str(tmp_path / "elsewhere.csv")}
+    with pytest.raises(ConfigError, match=r"eval\.strongreject\.dataset: .*elsewhere\.csv.* is not a file"):
+        validate_config(config, SCHEMA)
 
 
 def test_lambda_star_needs_a_grpo_run():

@@ -120,16 +120,15 @@ def _eval_judges(config: dict) -> dict:
 def _check_eval_data(config: dict, source: str) -> None:
     """The local data files the listed benchmarks need are named and exist (HarmBench and StrongREJECT have no
     download path here: their CSVs are configured files)."""
+    from .evals import strongreject_dataset
+
     ev, benches = config["eval"], config["eval"]["benchmarks"]
     files = {}
     if "harmbench" in benches:
         files["eval.harmbench.behaviors"] = ev.get("harmbench", {}).get("behaviors")
     if "strongreject" in benches:
-        sr = ev.get("strongreject", {})
-        which = str(sr.get("dataset", "small"))
-        datasets = sr.get("datasets") or {}
-        key = f"eval.strongreject.datasets.{which}" if which in ("small", "full") else "eval.strongreject.dataset"
-        files[key] = datasets.get(which, None if which in ("small", "full") else which)
+        _, path, key = strongreject_dataset(ev.get("strongreject", {}))
+        files[key] = path
     for key, path in files.items():
         if not path:
             raise ConfigError(f"{source}: {key}: missing (the path of a local CSV; see config/README.md)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 
-__all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "model_fingerprint", "run_eval"]
+__all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "model_fingerprint", "run_eval", "strongreject_dataset"]
 
 #: benchmark name -> module in this package that defines ``evaluate(model_path, cfg) -> dict``
 BENCHMARKS = {
@@ -35,6 +35,19 @@ BENCHMARKS = {
 
 #: the judge a judged benchmark uses when its config section names none (the paper's API judges)
 DEFAULT_JUDGES = {"harmbench": "gpt4o_harmbench", "strongreject": "strongreject_rubric"}
+
+
+def strongreject_dataset(section: dict) -> tuple[str, str | None, str]:
+    """StrongREJECT's prompt set from its config section: ``(set name, CSV path, config key of the path)``.
+    ``dataset`` names a set of ``datasets`` ("small", the default, or "full") or is a CSV path itself; the path is
+    None when the named set is not configured. Used by the benchmark and by the config check at DAG start."""
+    which = str(section.get("dataset", "small"))
+    datasets = section.get("datasets") or {}
+    if which in datasets:
+        return which, str(datasets[which]), f"eval.strongreject.datasets.{which}"
+    if which in ("small", "full"):
+        return which, None, f"eval.strongreject.datasets.{which}"
+    return Path(which).stem, which, "eval.strongreject.dataset"
 
 
 def model_fingerprint(model_path: str | Path) -> str:

@@ -173,6 +173,7 @@ def evaluate(model_path, cfg: dict) -> dict:
         raise ValueError(f"harmbench.on_malformed must be one of {MALFORMED_POLICIES}")
     name, judge, judge_cfg = build_eval_judge(hb, JUDGE_BACKENDS, DEFAULT_JUDGES["harmbench"])
     rows = load_behaviors(hb["behaviors"])
+    n_available = len(rows)
     seed = int(hb.get("seed", 0))
     idx = fixed_subset(len(rows), hb.get("subset"), seed)
     rows = [rows[i] for i in idx]
@@ -210,7 +211,7 @@ def evaluate(model_path, cfg: dict) -> dict:
         "n_malformed": n_malformed,
         "on_malformed": on_malformed,
         "dataset": {"path": str(hb["behaviors"]), "sha256": sha256_file(hb["behaviors"]),
-                    "filter": "FunctionalCategory == standard", "n_available": len(load_behaviors(hb["behaviors"]))},
+                    "filter": "FunctionalCategory == standard", "n_available": n_available},
         "subset": {"size": hb.get("subset"), "seed": seed, "indices": idx},
         "judge": judge_record(name, judge, judge_cfg),
         "refusal_rule": "P(refusal) > 0.5" if name == "minilm_refusal" else "label == no",

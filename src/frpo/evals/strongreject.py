@@ -24,10 +24,10 @@ import os
 from pathlib import Path
 
 from ..judges.base import JudgeResponseError
-from . import DEFAULT_JUDGES
+from . import DEFAULT_JUDGES, strongreject_dataset
 from .harmbench import build_eval_judge, fixed_subset, generate_and_judge, judge_record, sha256_file
 
-__all__ = ["JUDGE_BACKENDS", "evaluate", "load_prompts", "resolve_dataset"]
+__all__ = ["JUDGE_BACKENDS", "evaluate", "load_prompts"]
 
 JUDGE_BACKENDS = ("strongreject_rubric", "strongreject_finetuned")
 
@@ -48,24 +48,15 @@ def load_prompts(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def resolve_dataset(section: dict) -> tuple[str, str]:
-    """``(set name, path)``: ``dataset`` is a key of ``datasets`` ("small", "full") or a path itself."""
-    which = str(section.get("dataset", "small"))
-    datasets = section.get("datasets") or {}
-    if which in datasets:
-        return which, str(datasets[which])
-    if which in ("small", "full"):
-        raise ValueError(f"cfg['strongreject']['datasets'][{which!r}] (a CSV path) is not set")
-    return Path(which).stem, which
-
-
 def evaluate(model_path, cfg: dict) -> dict:
     sr = dict(cfg.get("strongreject") or {})
     on_malformed = sr.get("on_malformed", "exclude")
     if on_malformed not in ("exclude", "raise"):
         raise ValueError("strongreject.on_malformed must be 'exclude' or 'raise'")
     name, judge, judge_cfg = build_eval_judge(sr, JUDGE_BACKENDS, DEFAULT_JUDGES["strongreject"])
-    set_name, path = resolve_dataset(sr)
+    set_name, path, key = strongreject_dataset(sr)
+    if path is None:
+        raise ValueError(f"{key}: missing (the path of a StrongREJECT CSV)")
     rows = load_prompts(path)
     n_available = len(rows)
     seed = int(sr.get("seed", 0))
