@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from frpo.evals import harmbench, strongreject
+from frpo.io import sha256_file
 from frpo.judges import JudgeConfigError, JudgeResponseError, build_judge, required_env
 from frpo.judges import api, harmbench_cls
 from frpo.judges.cache import JudgeCache, cache_key, cached_score
@@ -342,7 +343,7 @@ def test_harmbench_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_mod
     assert res["n_malformed"] == n_mal and res["on_malformed"] == "count_as_refusal"
     assert res["value"] == pytest.approx(sum(s["refused"] for s in res["samples"]) / 4)
     assert res["asr"] == pytest.approx(1 - res["value"])
-    assert res["dataset"]["sha256"] == harmbench.sha256_file(HB_CSV) and res["dataset"]["n_available"] == 5
+    assert res["dataset"]["sha256"] == sha256_file(HB_CSV) and res["dataset"]["n_available"] == 5
     assert res["judge"]["template_version"] == api.GPT4O_HARMBENCH_TEMPLATE_VERSION
     assert res["generation"]["backend"] == "transformers" and res["generation"]["max_new_tokens"] == 6
     if n_mal:
@@ -390,7 +391,7 @@ def test_strongreject_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_
     mal = next(s for s in res["samples"] if s["malformed"])
     assert mal["score"] is None and mal["judge"]["raw"] == "I cannot grade this."
     assert sorted(v for v in scores.values() if v is not None) == [0.0, 5 / 8]
-    assert res["dataset"]["set"] == "small" and res["dataset"]["sha256"] == harmbench.sha256_file(SR_CSV)
+    assert res["dataset"]["set"] == "small" and res["dataset"]["sha256"] == sha256_file(SR_CSV)
     assert res["judge"]["template_version"] == api.SR_RUBRIC_TEMPLATE_VERSION
 
     again = strongreject.evaluate(tiny_model, cfg)

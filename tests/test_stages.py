@@ -198,7 +198,7 @@ def test_a_repeated_demo_evaluation_makes_no_judge_calls(tiny, tmp_path):
 def test_the_demo_evals_record_their_data_and_generation(tiny, tmp_path):
     from frpo.data import builtin
     from frpo.evals import run_eval
-    from frpo.evals.harmbench import sha256_file
+    from frpo.io import sha256_file
 
     cfg = {"data": {"arithmetic": "builtin:arithmetic"}, "max_prompts": 3,
            "generation": {"max_new_tokens": 4, "batch_size": 3}}

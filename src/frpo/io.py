@@ -1,14 +1,30 @@
 """Writing outputs so that a killed job never leaves one that looks complete: write under a temporary name in
-the same directory, then rename into place (atomic on POSIX filesystems)."""
+the same directory, then rename into place (atomic on POSIX filesystems). Also the one file hasher that result
+records use."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_write_text"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_write_text", "sha256_file", "update_hash"]
+
+
+def update_hash(digest, path: str | os.PathLike) -> None:
+    """Feed the bytes of the file at ``path`` to the hashlib object ``digest``, 1 MiB at a time."""
+    with open(Path(path).expanduser(), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    update_hash(digest, path)
+    return digest.hexdigest()
 
 
 class atomic_dir:

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, update_hash
 
 __all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "model_fingerprint", "run_eval", "strongreject_dataset"]
 
@@ -56,9 +56,7 @@ def model_fingerprint(model_path: str | Path) -> str:
     for f in sorted(Path(model_path).rglob("*")):
         if f.is_file() and f.suffix in {".safetensors", ".json", ".bin", ".model", ".txt"}:
             digest.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            update_hash(digest, f)
     return digest.hexdigest()[:16]
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 
 from ..data import read_jsonl, resolve, spread
-from .harmbench import generation_settings, run_generation, sha256_file
+from ..io import sha256_file
+from .harmbench import generation_settings, run_generation
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 

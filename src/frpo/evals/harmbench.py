@@ -21,33 +21,23 @@ a label other than yes is not a success), ``"exclude"`` (dropped from the denomi
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import random
 from pathlib import Path
 from typing import Any
 
 from ..generation import generate
+from ..io import sha256_file
 from ..judges import build_judge
-from ..judges import api as _api  # noqa: F401  (registers gpt4o_harmbench, strongreject_rubric)
-from ..judges import harmbench_cls as _hb_cls  # noqa: F401  (registers harmbench_cls)
 from ..judges.base import JudgeConfigError, JudgeResponseError, required_env
 from ..judges.cache import JudgeCache, cached_score
 from . import DEFAULT_JUDGES
 
-__all__ = ["JUDGE_BACKENDS", "evaluate", "fixed_subset", "load_behaviors", "sha256_file"]
+__all__ = ["JUDGE_BACKENDS", "evaluate", "fixed_subset", "load_behaviors"]
 
 JUDGE_BACKENDS = ("gpt4o_harmbench", "harmbench_cls", "minilm_refusal")
 MALFORMED_POLICIES = ("count_as_refusal", "exclude", "raise")
 DEFAULT_CACHE_DIR = "~/.cache/frpo/judges"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_behaviors(path: str | os.PathLike, categories: tuple[str, ...] = ("standard",)) -> list[dict]:

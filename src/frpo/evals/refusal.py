@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from ..data import read_jsonl, resolve, spread
 from ..judges import build_judge
-from .harmbench import generate_and_judge, judge_record, sha256_file
+from ..io import sha256_file
+from .harmbench import generate_and_judge, judge_record
 
 
 def evaluate(model_path, cfg: dict) -> dict:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..judges.base import JudgeResponseError
 from . import DEFAULT_JUDGES, strongreject_dataset
-from .harmbench import build_eval_judge, fixed_subset, generate_and_judge, judge_record, sha256_file
+from ..io import sha256_file
+from .harmbench import build_eval_judge, fixed_subset, generate_and_judge, judge_record
 
 __all__ = ["JUDGE_BACKENDS", "evaluate", "load_prompts"]
 

@@ -20,11 +20,10 @@ loaded model (tests use a tiny local Llama).
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any
 
 from .base import JudgeConfigError, JudgeResponseError, check_pairs, register
-from .paper import wrap_loaded
+from .paper import _commit, _default_device, _mask_positions, wrap_loaded
 
 __all__ = ["HB_CLS_MODEL", "HB_CLS_PROMPTS", "HB_CLS_TEMPLATE_VERSIONS", "HarmBenchClassifier",
            "parse_next_token"]
@@ -147,15 +146,13 @@ class HarmBenchClassifier:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device = self.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available()
-                                 else "cpu")
+        device = self.device or _default_device()
         tok = AutoTokenizer.from_pretrained(self.model_id, revision=self.revision, use_fast=False,
                                             truncation_side="left", padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision,
                                                      dtype=getattr(torch, self.dtype)).to(device)
         self._model, self._tok = self._prepare(model, tok)
-        self.loaded_info = {"device": device,
-                            "commit": getattr(getattr(model, "config", None), "_commit_hash", None)}
+        self.loaded_info = {"device": device, "commit": _commit(model)}
 
     def clip(self, generation: str) -> str:
         """Keep the first ``num_tokens`` classifier tokens of ``generation`` (HarmBench: right truncation)."""
@@ -187,7 +184,7 @@ class HarmBenchClassifier:
             enc = self._tok(texts, return_tensors="pt", padding="longest")
             enc = {k: v.to(dev) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             with torch.no_grad():
-                position_ids = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+                position_ids = _mask_positions(enc["attention_mask"])
                 logits = self._model(**enc, position_ids=position_ids, use_cache=False).logits[:, -1].float()
             probs = logits.softmax(-1)
             for row, p in zip(logits.argmax(-1).tolist(), probs):

@@ -24,7 +24,6 @@ Nothing heavy is imported at module import time; the model loads on the first ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -34,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..io import sha256_file
 from .base import JudgeConfigError, check_pairs, check_scores, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -414,10 +414,6 @@ class RefusalClassifier:
         return clf
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Registered judges
 
@@ -444,7 +440,7 @@ class _MiniLMJudgeBase:
                     f"`python -m frpo.judges fit src/frpo/data/judge_labelled.jsonl {self.classifier_path}`"
                 )
             self._clf = None
-            self._clf_id = "sha256:" + _file_sha256(self.classifier_path)[:12]
+            self._clf_id = "sha256:" + sha256_file(self.classifier_path)[:12]
         self._embedder = embedder
 
     @property
@@ -563,7 +559,7 @@ def fit_refusal_judge(
                 other[f] = {"l2": alt_sel["l2"], **binary_metrics(vy, alt.predict_proba(vp, vr))}
     report = {
         "labelled_path": str(labelled_path),
-        "labelled_sha256": _file_sha256(Path(labelled_path)),
+        "labelled_sha256": sha256_file(Path(labelled_path)),
         "classifier_file": Path(out_path).name,
         "embedder_id": clf.embedder.id,
         "features": clf.features,
