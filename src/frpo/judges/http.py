@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 import urllib.error
@@ -18,11 +19,38 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from .base import JudgeHTTPError, JudgeResponseError
+from .base import JudgeConfigError, JudgeHTTPError, JudgeResponseError
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+# The settings every OpenAI-compatible judge shares (chat completions, moderations).
+
+
+def openai_base_url(base_url: str | None = None) -> str:
+    """``base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's API; without a trailing slash."""
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip("/")
+
+
+def api_key_env(**options: Any) -> list[str]:
+    """The environment variable an OpenAI-compatible judge needs (none when ``api_key`` is given): the ``env``
+    function of its registration, so a missing key fails at DAG start."""
+    if options.get("api_key") is not None:
+        return []
+    return [options.get("api_key_env", "OPENAI_API_KEY")]
+
+
+def resolve_api_key(judge: str, api_key: str | None, env_var: str, context: str) -> str:
+    """``api_key``, else the value of ``env_var``; :class:`JudgeConfigError` naming the variable when neither is set
+    (``context`` ends the message: what the judge would call)."""
+    key = api_key if api_key is not None else os.environ.get(env_var)
+    if not key:
+        raise JudgeConfigError(f"{judge}: no API key: set the environment variable {env_var} (or pass api_key=...)"
+                               f"{context}")
+    return key
 
 
 def backoff_delay(attempt: int, backoff: float, max_backoff: float) -> float:

@@ -44,7 +44,7 @@ from .base import (
     register,
     required_env,
 )
-from .http import post_json
+from .http import api_key_env, openai_base_url, post_json, resolve_api_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -183,14 +183,17 @@ class StrongRejectFinetunedJudge:
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, **options: Any) -> StrongRejectFinetunedJudge:
         """Wrap an already loaded causal LM + tokenizer (tests, or a caller that manages devices itself)."""
-        judge = cls(model=getattr(getattr(model, "config", None), "_name_or_path", "in-memory"), **options)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        judge._model, judge._tok = model.eval(), tokenizer
+        judge = wrap_loaded(cls, model, tokenizer, **options)
         judge._ids = judge._score_ids(tokenizer)
-        judge.loaded_info = {"quantization": "as-given", "device": str(next(model.parameters()).device)}
+        judge.loaded_info["quantization"] = "as-given"
         return judge
+
+    @staticmethod
+    def _prepare(model: Any, tok: Any) -> tuple[Any, Any]:
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return model.eval(), tok
 
     @property
     def version(self) -> str:
@@ -227,8 +230,6 @@ class StrongRejectFinetunedJudge:
         tok = AutoTokenizer.from_pretrained(
             self.model_id, revision=self.revision, padding_side="left", truncation_side="left"
         )
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
@@ -251,7 +252,7 @@ class StrongRejectFinetunedJudge:
             model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision, **kwargs)
         if "device_map" not in kwargs:
             model = model.to(device)
-        self._model, self._tok = model.eval(), tok
+        self._model, self._tok = self._prepare(model, tok)
         self._ids = self._score_ids(tok)
         self.loaded_info = {"quantization": quant, "device": device, "commit": _commit(model)}
 
@@ -298,13 +299,6 @@ class StrongRejectFinetunedJudge:
 # OpenAI moderation
 
 MODERATION_MODEL = "omni-moderation-2024-09-26"
-DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
-
-
-def _moderation_env(**options: Any) -> list[str]:
-    if options.get("api_key") is not None:
-        return []
-    return [options.get("api_key_env", "OPENAI_API_KEY")]
 
 
 def parse_moderation_response(doc: Any, n: int) -> list[float]:
@@ -327,7 +321,7 @@ def parse_moderation_response(doc: Any, n: int) -> list[float]:
     return out
 
 
-@register("openai_moderation", env=_moderation_env)
+@register("openai_moderation", env=api_key_env)
 class OpenAIModerationJudge:
     """OpenAI-compatible moderation: ``harm`` = max category score of the response, ``score`` = 1 - harm."""
 
@@ -355,7 +349,7 @@ class OpenAIModerationJudge:
                 f"moderation model {model!r} is a moving alias; scores may change under you", stacklevel=2
             )
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip("/")
+        self.base_url = openai_base_url(base_url)
         self.api_key_env = api_key_env
         self._api_key = api_key
         self.batch_size = int(batch_size)
@@ -372,13 +366,8 @@ class OpenAIModerationJudge:
         return f"{self.name}:{self.model}:max_category_score"
 
     def _key(self) -> str:
-        key = self._api_key if self._api_key is not None else os.environ.get(self.api_key_env)
-        if not key:
-            raise JudgeConfigError(
-                f"{self.name}: no API key: set the environment variable {self.api_key_env} "
-                f"(or pass api_key=...). The paper's safety reward calls {self.base_url}/moderations."
-            )
-        return key
+        return resolve_api_key(self.name, self._api_key, self.api_key_env,
+                               f". The paper's safety reward calls {self.base_url}/moderations.")
 
     def _cache_key(self, text: str) -> str:
         return hashlib.sha256(f"{self.model}\0{text}".encode()).hexdigest()
