@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["TransformersBackend", "VLLMBackend", "get_backend", "to_messages", "vllm_available"]
+__all__ = ["TransformersBackend", "VLLMBackend", "backend_name", "get_backend", "to_messages", "vllm_available"]
 
 
 def vllm_available() -> bool:
@@ -24,6 +24,14 @@ def vllm_available() -> bool:
         return torch.cuda.is_available()
     except Exception:  # pragma: no cover
         return False
+
+
+def backend_name(name: str) -> str:
+    """``name`` with ``auto`` resolved: ``vllm`` when vLLM is importable and CUDA is available, else
+    ``transformers``."""
+    if name == "auto":
+        return "vllm" if vllm_available() else "transformers"
+    return name
 
 
 def to_messages(prompt, system_prompt: str | None = None) -> list[dict]:
@@ -109,8 +117,7 @@ class VLLMBackend:
 
 def get_backend(model_path, name: str = "auto", device: str | None = None, **kwargs):
     """The generation backend ``name`` (``auto``, ``vllm`` or ``transformers``) loaded with ``model_path``."""
-    if name == "auto":
-        name = "vllm" if vllm_available() else "transformers"
+    name = backend_name(name)
     if name == "vllm":
         return VLLMBackend(model_path, **kwargs)
     if name == "transformers":

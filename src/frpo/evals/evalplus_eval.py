@@ -42,6 +42,8 @@ DATASETS = {
     "mbpp_plus": ("mbpp", "MBPP_OVERRIDE_PATH", "MbppPlus-v0.2.0"),
     "humaneval_plus": ("humaneval", "HUMANEVAL_OVERRIDE_PATH", "HumanEvalPlus-v0.1.10"),
 }
+#: evalplus dataset name -> the environment variable that points it at a local file
+OVERRIDE_ENV = {name: env for name, env, _ in DATASETS.values()}
 _DEFAULTS = {"backend": "auto", "device": None, "batch_size": 8, "max_new_tokens": 768, "limit": None,
              "data_path": None, "work_dir": None, "timeout_s": 3600, "parallel": None, "min_time_limit": 1.0,
              "gt_time_limit_factor": 4.0, "cache_dir": None}
@@ -104,7 +106,7 @@ def score_samples(dataset: str, samples_path, data_path=None, *, timeout_s: floa
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     env.pop("EVALPLUS_TIMEOUT_PER_TASK", None)  # a str there crashes 0.3.1's min()
     if data_path:
-        env[DATASETS[[k for k, v in DATASETS.items() if v[0] == dataset][0]][1]] = str(Path(data_path).resolve())
+        env[OVERRIDE_ENV[dataset]] = str(Path(data_path).resolve())
     if cache_dir:
         env["XDG_CACHE_HOME"] = str(cache_dir)  # ground-truth cache (appdirs.user_cache_dir("evalplus"))
     cmd = [sys.executable, "-c", _RUNNER, "--dataset", dataset, "--samples", str(samples_path),
@@ -125,7 +127,7 @@ def score_samples(dataset: str, samples_path, data_path=None, *, timeout_s: floa
 
 
 def evaluate(model_path, cfg: dict) -> dict:
-    from .backend import get_backend, vllm_available
+    from .backend import backend_name, get_backend
 
     benchmark = cfg.get("benchmark", "mbpp_plus")
     dataset, _, dataset_version = DATASETS[benchmark]
@@ -146,13 +148,9 @@ def evaluate(model_path, cfg: dict) -> dict:
             problems = problems[: int(opts["limit"])]
             data_path = work / f"{benchmark}_subset.jsonl"
             data_path.write_text("".join(json.dumps(p) + "\n" for p in problems))
-        elif not data_path:
-            pass  # the full released dataset, which evalplus downloads/caches itself
 
         t0 = time.perf_counter()
-        name = opts["backend"]
-        if name == "auto":
-            name = "vllm" if vllm_available() else "transformers"
+        name = backend_name(opts["backend"])
         if name == "vllm":
             backend = get_backend(model_path, "vllm", **(opts.get("vllm") or {}))
         else:

@@ -148,7 +148,7 @@ def _jsonable(x):
 
 def run_lm_eval(benchmark: str, model_path, cfg: dict) -> dict:
     """Run one lm-eval benchmark on the model directory ``model_path``; see the module docstring."""
-    from .backend import vllm_available
+    from .backend import backend_name
 
     spec = LM_EVAL_BENCHMARKS[benchmark]
     opts = {**_COMMON_DEFAULTS, **spec["defaults"], **(cfg.get("lm_eval") or {}), **(cfg.get(benchmark) or {})}
@@ -156,9 +156,7 @@ def run_lm_eval(benchmark: str, model_path, cfg: dict) -> dict:
         opts["device"] = cfg.get("device") or "cpu"
     if opts["limit"] is None and cfg.get("max_prompts"):
         opts["limit"] = cfg["max_prompts"]
-    backend = opts["backend"]
-    if backend == "auto":
-        backend = "vllm" if vllm_available() else "hf"
+    backend = backend_name(opts["backend"])
     if backend == "transformers":
         backend = "hf"
     if backend not in ("hf", "vllm"):
