@@ -89,6 +89,15 @@ def test_every_benchmark_has_its_own_rule_sized_by_the_slurm_profile(tmp_path):
         assert model == expected_models[target], (bench, target, model)
 
 
+def test_a_config_without_warm_up_plans_rl_from_the_base_model(tmp_path):
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config["warmup"] = {"enabled": False}  # the schema lets a disabled warm-up leave out its train section
+    cfg = tmp_path / "no_warmup.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(cfg)).stdout
+    assert "rule rl_train:" in out and "rule warmup_sft:" not in out
+
+
 def test_an_invalid_config_fails_before_any_job(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     config["rl"]["num_generations"] = 1

@@ -43,7 +43,7 @@ rule warmup_sft:
     output:
         model=directory(f"{RESULTS}/warmup/model"),
     params:
-        spec=spec_json(warmup_spec(config)),
+        spec=lambda w: spec_json(warmup_spec(config)),  # lazily: a disabled warm-up may have no train section
         out=lambda w, output: parent(output.model),
         ckpt=f"{CKPT}/warmup",
     log:
