@@ -52,6 +52,7 @@ _DELETE = object()
         ("rl.lambdas", ["0"], r"rl\.lambdas\.0: λ must be > 0"),
         ("rl.lambdas", ["-0.5"], r"rl\.lambdas\.0: '-0.5' does not match"),
         ("rl.lambdas", [0.2], r"rl\.lambdas\.0: 0\.2 is not of type 'string'"),
+        ("rl.lambdas", ["2e-1"], r"rl\.lambdas\.0: '2e-1' does not match"),  # run names hold plain decimals
         ("rl.lambda_star.rho", 0, r"rl\.lambda_star\.rho: 0 is less than or equal to the minimum of 0"),
         ("rl.colour", "blue", r"rl: Additional properties are not allowed \('colour' was unexpected\)"),
         ("model.source", "ollama", r"model\.source: 'ollama' is not one of"),

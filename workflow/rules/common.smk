@@ -22,7 +22,7 @@ LOGS = f"logs/{config['name']}"
 ENV = "../../envs/frpo.yaml"
 
 
-RUN_RE = r"grpo|frpo_lam[0-9]+(\.[0-9]+)?"
+RUN_RE = r"grpo|frpo_lam[0-9]+(\.[0-9]+)?"  # λ as the schema's $defs/lambda allows it
 SETTING_RE = r"[a-z0-9_]+-(full|lora)-lr[0-9.eE+-]+-ep[0-9]+"
 
 
