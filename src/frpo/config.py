@@ -107,14 +107,10 @@ def _check_semantics(config: dict, source: str) -> None:
 
 def _eval_judges(config: dict) -> dict:
     """``{config key: judge}`` of each listed judged benchmark, its section's judge or the default one."""
-    from .evals import DEFAULT_JUDGES
+    from .evals import DEFAULT_JUDGES, eval_judge
 
-    judges = {}
-    for bench, default in DEFAULT_JUDGES.items():
-        if bench in config["eval"]["benchmarks"]:
-            judge = config["eval"].get(bench, {}).get("judge", {"name": default})
-            judges[f"eval.{bench}.judge"] = {"name": judge} if isinstance(judge, str) else judge
-    return judges
+    return {f"eval.{bench}.judge": eval_judge(config["eval"].get(bench, {}), bench)
+            for bench in DEFAULT_JUDGES if bench in config["eval"]["benchmarks"]}
 
 
 def _check_eval_data(config: dict, source: str) -> None:
@@ -167,11 +163,15 @@ _FORMATS = {"arithmetic": "gsm8k", "alpaca": "alpaca"}
 def judges_spec(config: dict, classifier_path: str | None) -> dict:
     """The judges section with the fitted demo classifier filled in where a MiniLM judge uses it."""
     judges = {k: copy.deepcopy(v) for k, v in config["judges"].items() if k != "fit_refusal_judge"}
-    if config["judges"]["fit_refusal_judge"]:
-        for judge in judges.values():
-            if judge["name"].startswith("minilm_"):
-                judge.setdefault("options", {})["classifier_path"] = classifier_path
+    for judge in judges.values():
+        _with_classifier(judge, config, classifier_path)
     return judges
+
+
+def _with_classifier(judge: dict, config: dict, classifier_path: str | None) -> None:
+    """Point a MiniLM judge (in place) at the fitted demo classifier, when the config fits one."""
+    if config["judges"]["fit_refusal_judge"] and judge["name"].startswith("minilm_"):
+        judge.setdefault("options", {})["classifier_path"] = classifier_path
 
 
 def prepare_spec(config: dict) -> dict:
@@ -233,7 +233,6 @@ def eval_spec(config: dict, classifier_path: str | None) -> dict:
         if section in ev:
             spec[section] = copy.deepcopy(ev[section])
     for section in ("harmbench", "strongreject"):  # the demo classifier, where an eval judge uses it
-        judge = spec.get(section, {}).get("judge")
-        if judge and judge["name"].startswith("minilm_") and config["judges"]["fit_refusal_judge"]:
-            judge.setdefault("options", {})["classifier_path"] = classifier_path
+        if spec.get(section, {}).get("judge"):
+            _with_classifier(spec[section]["judge"], config, classifier_path)
     return spec

@@ -3,6 +3,8 @@
 # (eval/ft/<run>/<setting>/<bench>.json). The SLURM profile sizes each benchmark's jobs separately.
 from frpo.evals import BENCHMARKS
 
+EVAL_SPEC = spec_json(eval_spec(config, classifier()))  # the same for every benchmark
+
 for _bench in BENCHMARKS:
 
     rule:
@@ -15,7 +17,7 @@ for _bench in BENCHMARKS:
             f"{RESULTS}/eval/{{target}}/{_bench}.json",
         params:
             bench=_bench,
-            spec=spec_json(eval_spec(config, classifier())),
+            spec=EVAL_SPEC,
         log:
             f"{LOGS}/eval/{{target}}/{_bench}.log",
         threads: 2

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text, update_hash
 
-__all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "model_fingerprint", "run_eval", "strongreject_dataset"]
+__all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "eval_judge", "model_fingerprint", "run_eval", "strongreject_dataset"]
 
 #: benchmark name -> module in this package that defines ``evaluate(model_path, cfg) -> dict``
 BENCHMARKS = {
@@ -35,6 +35,15 @@ BENCHMARKS = {
 
 #: the judge a judged benchmark uses when its config section names none (the paper's API judges)
 DEFAULT_JUDGES = {"harmbench": "gpt4o_harmbench", "strongreject": "strongreject_rubric"}
+
+
+def eval_judge(section: dict, benchmark: str) -> dict:
+    """The judge of a judged benchmark's config section as a dict with a ``name``: its ``judge`` (a dict, or just
+    a name) or the benchmark's default. Used by the benchmark and by the key check at DAG start."""
+    judge = section.get("judge") or {}
+    judge = {"name": judge} if isinstance(judge, str) else dict(judge)
+    judge.setdefault("name", DEFAULT_JUDGES[benchmark])
+    return judge
 
 
 def strongreject_dataset(section: dict) -> tuple[str, str | None, str]:

@@ -31,7 +31,7 @@ from ..io import sha256_file
 from ..judges import build_judge
 from ..judges.base import JudgeConfigError, JudgeResponseError, required_env
 from ..judges.cache import JudgeCache, cached_score
-from . import DEFAULT_JUDGES
+from . import eval_judge
 
 __all__ = ["JUDGE_BACKENDS", "evaluate", "fixed_subset", "load_behaviors"]
 
@@ -114,11 +114,9 @@ def run_generation(model_path, cfg: dict, prompts: list[str], settings: dict) ->
     return texts
 
 
-def build_eval_judge(section: dict, allowed: tuple[str, ...], default: str):
-    judge_cfg = section.get("judge") or {}
-    if isinstance(judge_cfg, str):
-        judge_cfg = {"name": judge_cfg}
-    name = judge_cfg.get("name", default)
+def build_eval_judge(section: dict, benchmark: str, allowed: tuple[str, ...]):
+    judge_cfg = eval_judge(section, benchmark)
+    name = judge_cfg["name"]
     if name not in allowed:
         raise ValueError(f"judge {name!r} is not a backend of this benchmark (choose from {list(allowed)})")
     judge = build_judge(name, **(judge_cfg.get("options") or {}))
@@ -161,7 +159,7 @@ def evaluate(model_path, cfg: dict) -> dict:
     on_malformed = hb.get("on_malformed", "count_as_refusal")
     if on_malformed not in MALFORMED_POLICIES:
         raise ValueError(f"harmbench.on_malformed must be one of {MALFORMED_POLICIES}")
-    name, judge, judge_cfg = build_eval_judge(hb, JUDGE_BACKENDS, DEFAULT_JUDGES["harmbench"])
+    name, judge, judge_cfg = build_eval_judge(hb, "harmbench", JUDGE_BACKENDS)
     rows = load_behaviors(hb["behaviors"])
     n_available = len(rows)
     seed = int(hb.get("seed", 0))

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 from ..judges.base import JudgeResponseError
-from . import DEFAULT_JUDGES, strongreject_dataset
+from . import strongreject_dataset
 from ..io import sha256_file
 from .harmbench import build_eval_judge, fixed_subset, generate_and_judge, judge_record
 
@@ -54,7 +54,7 @@ def evaluate(model_path, cfg: dict) -> dict:
     on_malformed = sr.get("on_malformed", "exclude")
     if on_malformed not in ("exclude", "raise"):
         raise ValueError("strongreject.on_malformed must be 'exclude' or 'raise'")
-    name, judge, judge_cfg = build_eval_judge(sr, JUDGE_BACKENDS, DEFAULT_JUDGES["strongreject"])
+    name, judge, judge_cfg = build_eval_judge(sr, "strongreject", JUDGE_BACKENDS)
     set_name, path, key = strongreject_dataset(sr)
     if path is None:
         raise ValueError(f"{key}: missing (the path of a StrongREJECT CSV)")
