@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from .data import SAFETY_PROMPT_FIELDS
+
 __all__ = [
     "ConfigError", "eval_spec", "finetune_settings", "finetune_spec", "judges_spec", "prepare_spec", "rl_runs",
     "rl_spec", "validate_config", "warmup_spec",
@@ -52,7 +54,7 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
 
 #: The fields each data file must have (checked for every row at DAG start).
 DATA_FIELDS = {
-    "safety_prompts": {"prompt": str, "task": str, "split": str},
+    "safety_prompts": SAFETY_PROMPT_FIELDS,
     "refusal_demos": {"prompt": str, "response": str},
     "judge_labelled": {"prompt": str, "response": str, "refusal": int, "split": str},
     "arithmetic": {"question": str, "answer": str, "final": float, "split": str},
@@ -91,13 +93,13 @@ def _check_semantics(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: model.{source_kind}: missing (model.source is {source_kind!r})")
     if source_kind == "local" and not Path(model["local"]["path"]).is_dir():
         raise ConfigError(f"{source}: model.local.path: {model['local']['path']!r} is not a directory")
-    from .judges import required_env
+    from .judges import missing_env
 
     judges = {f"judges.{name}": config["judges"][name] for name in ("safety", "helpfulness")}
     judges.update(_eval_judges(config))
     _check_eval_data(config, source)
     for key, judge in judges.items():
-        missing = [v for v in required_env(judge["name"], **judge.get("options", {})) if not os.environ.get(v)]
+        missing = missing_env(judge)
         if missing:
             raise ConfigError(
                 f"{source}: {key}: judge {judge['name']!r} needs the environment variable(s) "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .io import atomic_dir
 
-__all__ = ["load_causal_lm", "merge_lora", "prepare_base_model"]
+__all__ = ["load_causal_lm", "load_tokenizer", "merge_lora", "prepare_base_model"]
 
 
 def _package_dir(package: str) -> Path:
@@ -67,15 +67,23 @@ def prepare_base_model(spec: dict, out_dir: str | Path, vocab_texts: list[str] |
     return Path(out_dir)
 
 
-def load_causal_lm(path: str | Path, device: str = "cpu"):
-    """Load a model directory and its tokenizer (left padding, pad token set) for generation or training."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: str | Path):
+    """Load the tokenizer of a model directory with left padding and a pad token (the EOS token if it has none)."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, device: str = "cpu"):
+    """Load a model directory and its tokenizer (left padding, pad token set) for generation or training."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(path)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     return model, tokenizer

@@ -33,6 +33,7 @@ import torch
 __all__ = [
     "GroupIndex",
     "OBJECTIVES",
+    "check_lambda",
     "effective_sample_size",
     "frpo_loss",
     "grpo_loss",
@@ -163,6 +164,12 @@ def _log_mean_and_jackknife(x: torch.Tensor, idx: GroupIndex, jackknife: bool) -
 # --------------------------------------------------------------------------------------------------------------
 # Objectives
 # --------------------------------------------------------------------------------------------------------------
+def check_lambda(value, name: str) -> None:
+    """Raise ValueError (naming the setting ``name``) unless ``value`` is a finite int or float > 0."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
 def frpo_loss(
     logps: torch.Tensor,
     old_logps: torch.Tensor,
@@ -188,8 +195,7 @@ def frpo_loss(
     Returns mean_g loss_g. A group with a single row uses the plain term (its jackknife is undefined).
     ``lam`` is λ > 0; ``epsilon`` the PPO clip ε (only the upper bound 1+ε acts, since e^{−A/λ} > 0).
     """
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
-        raise ValueError(f"lam (λ) must be a finite number > 0, got {lam!r}")
+    check_lambda(lam, "lam (λ)")
     mask = _check_inputs(logps, old_logps, advantages, mask, group_ids)
     idx = group_index(group_ids)
     log_clip = math.log1p(epsilon)
@@ -313,10 +319,9 @@ def optimal_lambda(
     if any(not bool(torch.isfinite(g).all()) for g in groups):
         raise ValueError("rewards_by_prompt contains non-finite rewards")
     counts = torch.tensor([g.numel() for g in groups])
-    neg_rewards = torch.full((len(groups), int(counts.max())), -math.inf, dtype=torch.float64)
-    mask = torch.arange(neg_rewards.shape[1]) < counts[:, None]
-    neg_rewards[mask] = -torch.cat(groups)
-    log_counts = torch.log(counts.to(torch.float64))
+    idx = group_index(torch.repeat_interleave(torch.arange(len(groups)), counts))
+    neg_rewards = idx.dense(-torch.cat(groups), -math.inf)  # [n_prompts, max_samples], padded with -inf
+    log_counts = torch.log(idx.sizes.to(torch.float64))
 
     def f(log_lam: float) -> float:
         return _dual_objective(math.exp(log_lam), neg_rewards, log_counts, rho)

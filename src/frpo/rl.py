@@ -20,7 +20,9 @@ from pathlib import Path
 
 from .io import atomic_dir
 
-__all__ = ["canonical_lambda", "common_training_args", "last_checkpoint", "run_rl", "select_lambda_star"]
+__all__ = [
+    "canonical_lambda", "common_training_args", "last_checkpoint", "lora_config", "run_rl", "select_lambda_star",
+]
 
 
 def canonical_lambda(value: float) -> str:
@@ -61,19 +63,22 @@ def common_training_args(section: dict, spec: dict, ckpt_dir: str | Path) -> dic
     }
 
 
-def _message_text(x) -> str:
-    """The text of a prompt or completion, whether plain or conversational (a list of messages)."""
-    if isinstance(x, str):
-        return x
-    return str(x[-1]["content"]) if x else ""
+def lora_config(lora: dict):
+    """The peft LoraConfig of a config's ``lora`` section (r, alpha, optional dropout, target_modules)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
+        target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM",
+    )
 
 
 def make_reward_funcs(judges_spec: dict) -> list:
     """The paper's two reward functions, ``safety`` and ``normal``, backed by the configured judges."""
-    from .judges import build_judge
+    from .judges import build_judge_from_spec, completion_text, prompt_text
 
-    safety_judge = build_judge(judges_spec["safety"]["name"], **judges_spec["safety"].get("options", {}))
-    normal_judge = build_judge(judges_spec["helpfulness"]["name"], **judges_spec["helpfulness"].get("options", {}))
+    safety_judge = build_judge_from_spec(judges_spec["safety"])
+    normal_judge = build_judge_from_spec(judges_spec["helpfulness"])
 
     def scored_for(task_name, judge):
         def reward(prompts, completions, task, **kwargs):
@@ -81,7 +86,7 @@ def make_reward_funcs(judges_spec: dict) -> list:
             out: list[float | None] = [None] * len(task)
             if rows:
                 scores = judge.score(
-                    [_message_text(prompts[i]) for i in rows], [_message_text(completions[i]) for i in rows]
+                    [prompt_text(prompts[i]) for i in rows], [completion_text(completions[i]) for i in rows]
                 )
                 for i, s in zip(rows, scores, strict=True):
                     out[i] = float(s)
@@ -97,10 +102,9 @@ def safety_dataset(path_spec: str, split: str):
     """The safety/benign prompts of one split as a conversational TRL dataset with a ``task`` column."""
     from datasets import Dataset
 
-    from .data import read_jsonl, resolve
+    from .data import read_safety_prompts
 
-    rows = read_jsonl(resolve(path_spec), required={"prompt": str, "task": str, "split": str})
-    rows = [r for r in rows if r["split"] == split]
+    rows = read_safety_prompts(path_spec, split)
     if not rows:
         raise ValueError(f"{path_spec}: no rows with split={split!r}")
     return Dataset.from_list(
@@ -134,24 +138,14 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path):
 
 def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path) -> dict:
     """Train one RL run; returns its summary. Resumes from the newest checkpoint in ``ckpt_dir``."""
-    from peft import LoraConfig
-    from transformers import AutoTokenizer
-
+    from .models import load_tokenizer
     from .trainer import FRPOTrainer
 
     rl = spec["rl"]
     args = build_rl_config(spec, ckpt_dir)
     lora = rl.get("lora")
-    peft_config = None
-    if lora:
-        peft_config = LoraConfig(
-            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
-            target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM",
-        )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    peft_config = lora_config(lora) if lora else None
+    tokenizer = load_tokenizer(model_dir)
     trainer = FRPOTrainer(
         model=str(model_dir),
         reward_funcs=make_reward_funcs(spec["judges"]),

@@ -15,6 +15,7 @@ Data formats (``spec["dataset"]["format"]``):
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from .guards import FiniteLossCallback
 from .io import atomic_dir
 from .models import load_causal_lm
-from .rl import common_training_args, last_checkpoint
+from .rl import common_training_args, last_checkpoint, lora_config
 
 __all__ = ["run_sft", "sft_rows"]
 
@@ -60,22 +61,21 @@ def sft_rows(dataset_spec: dict) -> list[dict]:
     return out[:limit] if limit else out
 
 
-def _tracker(spec: dict, ref_dir: str | Path, tokenizer, csv_path: Path):
-    from .data import read_jsonl, resolve, spread
-    from .judges import build_judge
+def _tracker(spec: dict, ref_model, tokenizer, csv_path: Path):
+    """The forgetting tracker; ``ref_model`` is the pre-fine-tuning model (a frozen copy, never trained)."""
+    from .data import read_safety_prompts, spread
+    from .judges import build_judge_from_spec
     from .track import ForgettingTracker
 
     track = spec["track"]
-    rows = read_jsonl(resolve(spec["data"]["safety_prompts"]), required={"prompt": str, "task": str, "split": str})
-    held_out = [r for r in rows if r["split"] == "eval"]
+    held_out = read_safety_prompts(spec["data"]["safety_prompts"], "eval")
     safety = spread([r["prompt"] for r in held_out if r["task"] == "safety"], track["n_safety"])
     normal = spread([r["prompt"] for r in held_out if r["task"] == "normal"], track["n_normal"])
-    ref_model, _ = load_causal_lm(ref_dir, spec.get("device", "cpu"))
     judges = spec["judges"]
     return ForgettingTracker(
         ref_model=ref_model, tokenizer=tokenizer, safety_prompts=safety, normal_prompts=normal,
-        safety_judge=build_judge(judges["safety"]["name"], **judges["safety"].get("options", {})),
-        helpfulness_judge=build_judge(judges["helpfulness"]["name"], **judges["helpfulness"].get("options", {})),
+        safety_judge=build_judge_from_spec(judges["safety"]),
+        helpfulness_judge=build_judge_from_spec(judges["helpfulness"]),
         csv_path=csv_path, every_steps=track["every_steps"], max_new_tokens=track["max_new_tokens"],
         temperature=track.get("temperature", 1.0), seed=spec.get("seed", 0),
     )
@@ -84,7 +84,6 @@ def _tracker(spec: dict, ref_dir: str | Path, tokenizer, csv_path: Path):
 def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path) -> dict:
     """Fine-tune ``model_dir`` as ``spec`` says; resume from ``ckpt_dir``; write the merged model to ``out_dir``."""
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     ckpt_dir = Path(ckpt_dir)
@@ -99,16 +98,14 @@ def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: st
         gradient_accumulation_steps=train.get("gradient_accumulation_steps", 1),
         max_length=train.get("max_length", 512),
     )
-    peft_config = None
-    if train["method"] == "lora":
-        lora = train["lora"]
-        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
-                                 target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM")
+    peft_config = lora_config(train["lora"]) if train["method"] == "lora" else None
     callbacks = [FiniteLossCallback("fine-tuning")]
     tracker = None
     resume = last_checkpoint(ckpt_dir)
     if spec.get("track"):
-        tracker = _tracker(spec, model_dir, tokenizer, ckpt_dir / "tracking.csv")
+        # The reference is the model as loaded, copied before SFTTrainer (and PEFT) wrap or train it.
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        tracker = _tracker(spec, ref_model, tokenizer, ckpt_dir / "tracking.csv")
         if resume is None:
             tracker.truncate_after(-1)  # a fresh start: no stale rows from an older run
         else:

@@ -30,6 +30,7 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 from .guards import check_finite_loss
 from .objective import (
     OBJECTIVES,
+    check_lambda,
     effective_sample_size,
     group_index,
     group_reward_std,
@@ -137,8 +138,7 @@ class FRPOConfig(GRPOConfig):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
         lam = self.frpo_lambda
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
-            raise ValueError(f"frpo_lambda must be a finite number > 0, got {lam!r}")
+        check_lambda(lam, "frpo_lambda")
         lambda_scale_factor(lam, self.lambda_scale)  # validates lambda_scale
         if self.objective == "frpo" and self.scale_rewards != "none":
             raise ValueError(

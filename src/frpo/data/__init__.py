@@ -19,7 +19,10 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["BUILTIN_NAMES", "BUILTIN_PREFIX", "DATA_DIR", "DataError", "builtin", "read_jsonl", "resolve", "split"]
+__all__ = [
+    "BUILTIN_NAMES", "BUILTIN_PREFIX", "DATA_DIR", "SAFETY_PROMPT_FIELDS", "DataError", "builtin", "read_jsonl",
+    "read_safety_prompts", "resolve", "split",
+]
 
 #: Directory holding the packaged data files.
 DATA_DIR: Path = Path(__file__).resolve().parent
@@ -35,6 +38,9 @@ BUILTIN_NAMES: tuple[str, ...] = (
 
 #: Prefix that makes :func:`resolve` look a name up among the built-in files.
 BUILTIN_PREFIX = "builtin:"
+
+#: The fields every row of a safety-prompts file has (also what the config check asks of ``data.safety_prompts``).
+SAFETY_PROMPT_FIELDS: dict[str, type] = {"prompt": str, "task": str, "split": str}
 
 
 class DataError(ValueError):
@@ -119,6 +125,13 @@ def read_jsonl(
 def split(rows: Iterable[Mapping], name: str) -> list:
     """The rows whose ``"split"`` field equals ``name`` (e.g. ``"train"``, ``"eval"``, ``"fit"``, ``"val"``)."""
     return [row for row in rows if row.get("split") == name]
+
+
+def read_safety_prompts(spec: str | os.PathLike, split_name: str, task: str | None = None) -> list[dict]:
+    """The rows of the safety-prompts file ``spec`` (see :func:`resolve`) in split ``split_name``, and of task
+    ``task`` (``"safety"`` or ``"normal"``) when given. Every row of the file is checked, not just these."""
+    rows = split(read_jsonl(resolve(spec), required=SAFETY_PROMPT_FIELDS), split_name)
+    return rows if task is None else [r for r in rows if r["task"] == task]
 
 
 def spread(rows: list, n: int | None) -> list:

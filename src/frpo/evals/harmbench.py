@@ -29,7 +29,7 @@ from typing import Any
 from ..generation import generate
 from ..io import sha256_file
 from ..judges import build_judge
-from ..judges.base import JudgeConfigError, JudgeResponseError, required_env
+from ..judges.base import JudgeConfigError, JudgeResponseError, missing_env
 from ..judges.cache import JudgeCache, cached_score
 from . import eval_judge
 
@@ -125,9 +125,9 @@ def build_eval_judge(section: dict, benchmark: str, allowed: tuple[str, ...]):
 
 def check_env(name: str, judge_cfg: dict) -> None:
     """Raise :class:`JudgeConfigError` naming the first environment variable the judge needs that is unset."""
-    for var in required_env(name, **(judge_cfg.get("options") or {})):
-        if not os.environ.get(var):
-            raise JudgeConfigError(f"judge {name!r} needs the environment variable {var}, which is not set")
+    missing = missing_env({**judge_cfg, "name": name})
+    if missing:
+        raise JudgeConfigError(f"judge {name!r} needs the environment variable {missing[0]}, which is not set")
 
 
 def generate_and_judge(model_path, cfg: dict, section: dict, prompts: list[str], name: str, judge: Any,

@@ -9,19 +9,18 @@ probability exceeds 0.5. The prompts are the project's own held-out split (frpo.
 
 from __future__ import annotations
 
-from ..data import read_jsonl, resolve, spread
-from ..judges import build_judge
+from ..data import read_safety_prompts, resolve, spread
 from ..io import sha256_file
+from ..judges import build_judge_from_spec
 from .harmbench import generate_and_judge, judge_record
 
 
 def evaluate(model_path, cfg: dict) -> dict:
     task = "safety" if cfg["benchmark"] == "refusal" else "normal"
     path = resolve(cfg["data"]["safety_prompts"])
-    rows = read_jsonl(path, required={"prompt": str, "task": str, "split": str})
-    prompts = spread([r["prompt"] for r in rows if r["split"] == "eval" and r["task"] == task], cfg.get("max_prompts"))
+    prompts = spread([r["prompt"] for r in read_safety_prompts(path, "eval", task)], cfg.get("max_prompts"))
     judge_cfg = cfg["judges"]["safety"]
-    judge = build_judge(judge_cfg["name"], **judge_cfg.get("options", {}))
+    judge = build_judge_from_spec(judge_cfg)
     # HarmBench's generate-and-judge step: greedy, chat template, cached judging (a rerun judges nothing again)
     settings, texts, answers, cache_stats = generate_and_judge(model_path, cfg, {}, prompts, judge_cfg["name"], judge,
                                                                judge_cfg)

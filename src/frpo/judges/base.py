@@ -15,6 +15,7 @@ fail when the DAG starts instead of hours later inside a reward function.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -115,10 +116,21 @@ def build_judge(name: str, **options: Any) -> Judge:
     return _spec(name).factory(**options)
 
 
+def build_judge_from_spec(spec: dict) -> Judge:
+    """Build the judge a config entry describes: ``{"name": ..., "options": {...}}`` (``options`` optional)."""
+    return build_judge(spec["name"], **spec.get("options", {}))
+
+
 def required_env(name: str, **options: Any) -> list[str]:
     """Environment variables the judge ``name`` needs with these options (empty if none)."""
     env = _spec(name).env
     return list(env(**options)) if callable(env) else list(env)
+
+
+def missing_env(spec: dict) -> list[str]:
+    """The environment variables the judge a config entry describes (``{"name": ..., "options": {...}}``) needs
+    and that are not set, in :func:`required_env`'s order."""
+    return [v for v in required_env(spec["name"], **(spec.get("options") or {})) if not os.environ.get(v)]
 
 
 def check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
