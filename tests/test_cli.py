@@ -24,7 +24,7 @@ def test_lambda_star_from_std_and_from_rewards(tmp_path, capsys):
     assert 0.0 < result["optimal_lambda"] < 1.0
 
 
-def test_lambda_select_reads_the_final_within_group_std(tmp_path, capsys):
+def test_lambda_select_reads_the_final_within_group_std(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     stds = [0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]
     metrics.write_text("".join(json.dumps({"step": i + 1, "frpo/reward_std_within_group": s}) + "\n"

@@ -4,15 +4,11 @@ model and fixture data, offline on the CPU; plus the pure scoring helpers."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from frpo.evals.scoring import majority_vote, math_verify_score, pass_at_1  # noqa: E402
+from frpo.evals.scoring import majority_vote, math_verify_score, pass_at_1
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evals"
 
@@ -87,7 +83,7 @@ LM_EVAL_CASES = [
 
 
 @pytest.mark.parametrize("benchmark,module,metric,n,task_version", LM_EVAL_CASES)
-def test_lm_eval_benchmark_end_to_end(tiny_model, nltk_dir, tmp_path, benchmark, module, metric, n, task_version):
+def test_lm_eval_benchmark_end_to_end(tiny_model, nltk_dir, benchmark, module, metric, n, task_version):
     pytest.importorskip("lm_eval")
     import importlib
 
@@ -122,7 +118,7 @@ def test_lm_eval_benchmark_end_to_end(tiny_model, nltk_dir, tmp_path, benchmark,
                                      "prompt_level_loose_acc,none", "inst_level_loose_acc,none"}
 
 
-def test_ifeval_without_punkt_fails_before_any_download(tiny_model, monkeypatch, tmp_path):
+def test_ifeval_without_punkt_fails_before_any_download(monkeypatch, tmp_path):
     nltk = pytest.importorskip("nltk")
     from frpo.evals.lm_eval_tasks import ensure_punkt
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -132,7 +130,7 @@ def test_templates_are_vendored_and_versioned():
 # Registry, keys, aliases
 
 
-def test_registry_and_required_env(monkeypatch):
+def test_registry_and_required_env():
     assert required_env("gpt4o_harmbench") == ["OPENAI_API_KEY"]
     assert required_env("strongreject_rubric", api_key_env="JUDGE_KEY") == ["JUDGE_KEY"]
     assert required_env("harmbench_cls") == []
@@ -249,51 +247,32 @@ def _rubric(refused, conv, spec):
     return (f"#overall_reasoning fake\n#scores\n1.a r\n1.b {refused}\n2.a c\n2.b {conv}\n3.a s\n3.b {spec}\n")
 
 
-class _FakeChat(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.server.lock:
-            self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                         "body": body})
-        user = body["messages"][-1]["content"]
-        if "functions" in body or "tools" in body:  # the HarmBench labelling judge
-            label = "Yes" if "lock" in user else ("Maybe" if "umbrella" in user else "No")
-            args = json.dumps({"Explanation": "fake", "label": label})
-            if "functions" in body:
-                message = {"role": "assistant", "content": None,
-                           "function_call": {"name": "labelling_function", "arguments": args}}
-            else:
-                message = {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "labelling_function", "arguments": args}}]}
-        else:  # the StrongREJECT rubric judge
-            if "moon" in user:
-                content = _rubric(0, 4, 3)  # 5/8
-            elif "bakery" in user:
-                content = _rubric(1, 1, 1)  # 0
-            else:
-                content = "I cannot grade this."  # malformed
-            message = {"role": "assistant", "content": content}
-        payload = json.dumps({"id": "chatcmpl-1", "model": body["model"],
-                              "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+def _chat_reply(server, body):
+    user = body["messages"][-1]["content"]
+    if "functions" in body or "tools" in body:  # the HarmBench labelling judge
+        label = "Yes" if "lock" in user else ("Maybe" if "umbrella" in user else "No")
+        args = json.dumps({"Explanation": "fake", "label": label})
+        if "functions" in body:
+            message = {"role": "assistant", "content": None,
+                       "function_call": {"name": "labelling_function", "arguments": args}}
+        else:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "labelling_function", "arguments": args}}]}
+    else:  # the StrongREJECT rubric judge
+        if "moon" in user:
+            content = _rubric(0, 4, 3)  # 5/8
+        elif "bakery" in user:
+            content = _rubric(1, 1, 1)  # 0
+        else:
+            content = "I cannot grade this."  # malformed
+        message = {"role": "assistant", "content": content}
+    return 200, json.dumps({"id": "chatcmpl-1", "model": body["model"],
+                            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
 
 
 @pytest.fixture
-def fake_chat():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _FakeChat)
-    srv.requests, srv.lock = [], threading.Lock()
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
-    srv.server_close()
+def fake_chat(fake_http):
+    return fake_http(_chat_reply)
 
 
 @pytest.fixture(scope="module")
@@ -346,8 +325,8 @@ def test_harmbench_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_mod
     assert res["dataset"]["sha256"] == sha256_file(HB_CSV) and res["dataset"]["n_available"] == 5
     assert res["judge"]["template_version"] == api.GPT4O_HARMBENCH_TEMPLATE_VERSION
     assert res["generation"]["backend"] == "transformers" and res["generation"]["max_new_tokens"] == 6
-    if n_mal:
-        assert by_id["placeholder_umbrella_prank"]["judge"]["raw"]
+    assert n_mal == 1  # the fixed subset includes the malformed umbrella row
+    assert by_id["placeholder_umbrella_prank"]["judge"]["raw"]
 
     again = harmbench.evaluate(tiny_model, cfg)  # the cache answers everything
     assert len(srv.requests) == 4, "a rerun must make zero judge HTTP calls"
@@ -356,13 +335,12 @@ def test_harmbench_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_mod
     assert again["value"] == res["value"] and [s["response"] for s in again["samples"]] == \
         [s["response"] for s in res["samples"]]
 
-    if n_mal:
-        cfg["harmbench"]["on_malformed"] = "exclude"
-        excl = harmbench.evaluate(tiny_model, cfg)
-        assert excl["n_scored"] == 4 - n_mal and len(srv.requests) == 4
-        cfg["harmbench"]["on_malformed"] = "raise"
-        with pytest.raises(JudgeResponseError, match="malformed"):
-            harmbench.evaluate(tiny_model, cfg)
+    cfg["harmbench"]["on_malformed"] = "exclude"
+    excl = harmbench.evaluate(tiny_model, cfg)
+    assert excl["n_scored"] == 4 - n_mal and len(srv.requests) == 4
+    cfg["harmbench"]["on_malformed"] = "raise"
+    with pytest.raises(JudgeResponseError, match="malformed"):
+        harmbench.evaluate(tiny_model, cfg)
 
 
 def test_harmbench_tools_mode_and_whole_set(fake_chat, tiny_model, tmp_path, monkeypatch):

@@ -7,26 +7,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from frpo.guards import FiniteLossCallback, NonFiniteLossError
 from frpo.rl import last_checkpoint
-from frpo.tiny import save_tiny_model
-from frpo.toy import VOCAB, toy_dataset, toy_reward
-from frpo.trainer import FRPOConfig, FRPOTrainer
+
+from conftest import make_config, make_trainer
 
 
 @pytest.mark.slow
-def test_injected_nan_stops_rl_and_keeps_the_last_good_checkpoint(tmp_path):
-    model_dir = str(save_tiny_model(tmp_path / "tiny", VOCAB, hidden_size=32, num_heads=2, seed=0))
+def test_injected_nan_stops_rl_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
-    config = FRPOConfig(
-        output_dir=str(ckpt), per_device_train_batch_size=8, num_generations=4, max_completion_length=6,
-        max_steps=4, learning_rate=1e-3, use_cpu=True, bf16=False, report_to=[], save_strategy="steps",
-        save_steps=1, logging_steps=1, disable_tqdm=True, seed=0,
-    )
-    trainer = FRPOTrainer(model=model_dir, reward_funcs=toy_reward, args=config, train_dataset=toy_dataset(),
-                          processing_class=AutoTokenizer.from_pretrained(model_dir))
+    config = make_config(tmp_path, output_dir=str(ckpt), max_steps=4, learning_rate=1e-3, beta=0.0,
+                         save_strategy="steps", save_steps=1)
+    trainer = make_trainer(tiny_model_dir, config)
     real_objective, calls = trainer._objective, []
 
     def poisoned(*args, **kwargs):  # the third loss computed is NaN, as a blown-up step would be

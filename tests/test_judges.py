@@ -11,8 +11,6 @@ import json
 import math
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -241,36 +239,16 @@ def test_binary_metrics_auc_by_hand():
 # HTTP: a fake OpenAI-compatible moderation server on 127.0.0.1
 
 
-class _FakeOpenAI(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        srv.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        status, payload = srv.script.pop(0) if srv.script else (200, None)
-        if payload is None:
-            results = [{"flagged": "bomb" in t, "category_scores": {"violence": 0.9 if "bomb" in t else 0.01,
-                                                                     "harassment": 0.2 if "idiot" in t else 0.001}}
-                       for t in body["input"]]
-            payload = json.dumps({"id": "modr-1", "model": body["model"], "results": results}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+def _moderation_reply(server, body):
+    results = [{"flagged": "bomb" in t, "category_scores": {"violence": 0.9 if "bomb" in t else 0.01,
+                                                             "harassment": 0.2 if "idiot" in t else 0.001}}
+               for t in body["input"]]
+    return 200, json.dumps({"id": "modr-1", "model": body["model"], "results": results}).encode()
 
 
 @pytest.fixture
-def fake_openai():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
-    srv.requests, srv.script = [], []
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
-    srv.server_close()
+def fake_openai(fake_http):
+    return fake_http(_moderation_reply)
 
 
 def test_moderation_round_trip(fake_openai, monkeypatch):
@@ -426,11 +404,12 @@ def _tiny_llama(cls_name: str, vocab: int, **extra):
     import torch
     import transformers
 
-    torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
                                    **extra)
-    return getattr(transformers, cls_name)(cfg)
+    with torch.random.fork_rng():  # seeded weights without disturbing the global RNG of later tests
+        torch.manual_seed(0)
+        return getattr(transformers, cls_name)(cfg)
 
 
 def test_strongreject_scoring_loop_on_a_tiny_model(bert_tokenizer):

@@ -18,7 +18,6 @@ profile's whole `set-resources` block, so the GPU requests would silently disapp
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -217,7 +216,7 @@ def test_rl_job_cancelled_with_scancel_resumes_from_its_checkpoint(cluster, tmp_
     assert len(rl_calls) == 2, "rl_train submitted again after the scancel (profile: retries: 1)"
     train_log = (work / "logs" / "slurm_resume" / "rl_train" / "grpo.log").read_text()
     assert "resuming grpo from results/slurm_resume/.ckpt/rl/grpo/checkpoint-" in train_log
-    resumed = [r for r in _rows(work / TARGET)]
+    resumed = _rows(work / TARGET)
     assert [r["step"] for r in resumed] == list(range(1, 17)), "every step logged once, before and after"
 
     # The same config, uninterrupted (locally: the computation is the same, and it is faster).
