@@ -89,8 +89,9 @@ def _cmd_collect_tracking(a):
     import pandas as pd
 
     frames = []
-    for pair in a.inputs:
-        label, _, path = pair.partition("=")
+    from .io import labelled_paths
+
+    for label, path in labelled_paths(a.inputs):
         run, _, setting = label.partition("/")
         frames.append(pd.read_csv(path).assign(run=run, setting=setting))
     table = pd.concat(frames)

@@ -21,7 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .io import atomic_file, atomic_write_text  # noqa: E402
+from .data import read_jsonl  # noqa: E402
+from .io import atomic_file, atomic_write_text, labelled_paths  # noqa: E402
 
 __all__ = ["final_table", "lambda_landscape", "rl_curves", "run_label"]
 
@@ -46,16 +47,6 @@ def _save(fig, out: Path) -> None:
         with atomic_file(out.with_suffix(suffix)) as tmp:
             fig.savefig(tmp, bbox_inches="tight", **kwargs)
     plt.close(fig)
-
-
-def _pairs(pairs: list[str]) -> list[tuple[str, Path]]:
-    out = []
-    for p in pairs:
-        label, sep, path = p.partition("=")
-        if not sep:
-            raise ValueError(f"expected LABEL=PATH, got {p!r}")
-        out.append((label, Path(path)))
-    return out
 
 
 def lambda_landscape(tracking: str | Path, out: str | Path, kl_ball: float | None = 0.3) -> None:
@@ -83,9 +74,8 @@ def lambda_landscape(tracking: str | Path, out: str | Path, kl_ball: float | Non
 def rl_curves(metrics: list[str], out: str | Path) -> None:
     """RL training curves per run: safety and normal rewards, per-token KL, within-group reward std."""
     frames = []
-    for label, path in _pairs(metrics):
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        frames.append(pd.DataFrame(rows).assign(run=label))
+    for label, path in labelled_paths(metrics):
+        frames.append(pd.DataFrame(read_jsonl(path)).assign(run=label))
     data = pd.concat(frames)
     panels = [
         ("rewards/safety/mean", "safety reward"),
@@ -121,7 +111,7 @@ def final_table(tracking: str | Path, evals: list[str], out_csv: str | Path, out
             "helpfulness_before_ft": first["helpfulness_reward"], "helpfulness_after_ft": last["helpfulness_reward"],
             "kl_per_token_after_ft": last["kl_per_token"], "ft_steps": int(last["step"]),
         })
-    for label, path in _pairs(evals):
+    for label, path in labelled_paths(evals):
         model, _, bench = label.rpartition(":")
         result = json.loads(Path(path).read_text())
         rows.setdefault(model, {"model": model})[f"{bench}"] = result["value"]

@@ -1,6 +1,6 @@
 """Writing outputs so that a killed job never leaves one that looks complete: write under a temporary name in
 the same directory, then rename into place (atomic on POSIX filesystems). Also the one file hasher that result
-records use."""
+records use, and the parser of the ``LABEL=PATH`` arguments stages pass their inputs with."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_write_text", "sha256_file", "update_hash"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_write_text", "labelled_paths", "sha256_file", "update_hash"]
+
+
+def labelled_paths(pairs: list[str]) -> list[tuple[str, Path]]:
+    """``["LABEL=PATH", ...]`` (the workflow's way of passing labelled inputs) as ``[(label, Path), ...]``."""
+    out = []
+    for p in pairs:
+        label, sep, path = p.partition("=")
+        if not sep:
+            raise ValueError(f"expected LABEL=PATH, got {p!r}")
+        out.append((label, Path(path)))
+    return out
 
 
 def update_hash(digest, path: str | os.PathLike) -> None:

@@ -178,9 +178,10 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
 def select_lambda_star(metrics_path: str | Path, rho: float, last_k: int = 5) -> dict:
     """λ* = std/√(2ρ) (Remark 3.3), with std the within-group reward std over the last ``last_k`` logged steps of
     a (GRPO) run, as the paper reads it off the end of training (§5.1.1)."""
+    from .data import read_jsonl
     from .objective import lambda_star
 
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = read_jsonl(metrics_path)
     stds = [r["frpo/reward_std_within_group"] for r in rows if "frpo/reward_std_within_group" in r]
     if not stds:
         raise ValueError(f"{metrics_path}: no frpo/reward_std_within_group values to choose λ* from")
