@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from frpo.guards import FiniteLossCallback, NonFiniteLossError
-from frpo.rl import last_checkpoint
+from frpo.training import last_checkpoint
 
 from conftest import make_config, make_trainer
 

@@ -13,7 +13,8 @@ from frpo.figures import final_table, lambda_landscape, rl_curves, run_label
 from frpo.generation import completion_logps, generate
 from frpo.io import atomic_dir, atomic_file
 from frpo.models import load_causal_lm
-from frpo.rl import canonical_lambda, last_checkpoint
+from frpo.rl import canonical_lambda
+from frpo.training import last_checkpoint
 from frpo.tiny import save_tiny_model
 from frpo.track import ForgettingTracker, read_rows
 

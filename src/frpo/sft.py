@@ -23,7 +23,7 @@ from pathlib import Path
 from .guards import FiniteLossCallback
 from .io import atomic_dir
 from .models import load_causal_lm
-from .rl import common_training_args, last_checkpoint, lora_config
+from .training import common_training_args, last_checkpoint, lora_config
 
 __all__ = ["run_sft", "sft_rows"]
 
