@@ -186,3 +186,53 @@ def test_a_corrupt_data_file_names_the_file_and_the_line(tmp_path):
     bad.write_text('{"prompt": 3, "task": "normal", "split": "train"}\n')
     with pytest.raises(ConfigError, match=r"prompts\.jsonl:1: key 'prompt' must be str, got int"):
         validate_config(config, SCHEMA)
+
+
+def test_beta_per_run_reaches_each_run_spec_and_only_that_one():
+    config = load("config.yaml")
+    config["rl"]["lambdas"] = ["5", "0.2"]
+    config["rl"]["beta"] = {"grpo": 0.1, "5": 2.0e-4, "0.2": 5.0e-3, "default": 1.0e-3}
+    validate_config(config, SCHEMA)
+    assert rl_spec(config, "grpo", None)["rl"]["beta"] == 0.1
+    assert rl_spec(config, "frpo_lam5", None)["rl"]["beta"] == 2.0e-4
+    assert rl_spec(config, "frpo_lam0.2", None)["rl"]["beta"] == 5.0e-3
+    assert rl_spec(config, "frpo_lam0.25", None)["rl"]["beta"] == 1.0e-3  # λ*: the default
+    before = rl_spec(config, "frpo_lam0.2", None)
+    config["rl"]["beta"]["5"] = 3.0e-4  # another run's β: this run's spec (and so its job) is unchanged
+    assert rl_spec(config, "frpo_lam0.2", None) == before
+    config["rl"]["beta"] = 0.02  # a plain number still means every run
+    assert {rl_spec(config, r, None)["rl"]["beta"] for r in ("grpo", "frpo_lam5")} == {0.02}
+
+
+@pytest.mark.parametrize(
+    ("beta", "message"),
+    [
+        ({"grpo": 0.1}, r"rl\.beta: no β for 0\.2"),
+        ({"grpo": 0.1, "0.2": 0.005, "0.5": 0.002}, r"rl\.beta\.0\.5: λ=0\.5 is not in rl\.lambdas"),
+        ({"grpo": 0.1, "frpo": 0.005}, r"rl\.beta\.frpo: a β map's keys are grpo, default or a λ"),
+        ({"grpo": 0.1, "0.2": -1.0}, r"rl\.beta\.0\.2: -1\.0 is less than the minimum of 0"),
+        ({"grpo": 0.1, "0.2": 0.005}, r"rl\.beta: FRPO at λ\* needs rl\.beta\.default"),
+        (-0.5, r"rl\.beta: -0\.5 is less than the minimum of 0"),
+    ],
+)
+def test_a_beta_map_must_cover_every_run(beta, message):
+    config = load("config.yaml")
+    config["rl"]["beta"] = beta
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, SCHEMA)
+
+
+def test_rl_length_is_steps_or_epochs_not_both():
+    config = load("config.yaml")
+    config["rl"]["epochs"] = 2
+    with pytest.raises(ConfigError, match=r"rl: give exactly one of rl\.steps .* and rl\.epochs"):
+        validate_config(config, SCHEMA)
+    del config["rl"]["steps"]
+    validate_config(config, SCHEMA)
+
+
+def test_the_old_lambda_scale_names_are_refused():
+    config = load("config.yaml")
+    config["rl"]["lambda_scale"] = "paper"  # ambiguous: the paper's text and its figures use different scalings
+    with pytest.raises(ConfigError, match=r"rl\.lambda_scale: 'paper' is not one of \['equation_4_1', 'max_lambda_1'\]"):
+        validate_config(config, SCHEMA)

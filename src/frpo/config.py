@@ -20,7 +20,7 @@ from .data import SAFETY_PROMPT_FIELDS
 
 __all__ = [
     "ConfigError", "eval_spec", "finetune_settings", "finetune_spec", "judges_spec", "prepare_spec", "rl_runs",
-    "rl_spec", "validate_config", "warmup_spec",
+    "rl_spec", "run_beta", "validate_config", "warmup_spec",
 ]
 
 
@@ -84,6 +84,10 @@ def _check_semantics(config: dict, source: str) -> None:
         raise ConfigError(f"{source}: rl.lambdas: FRPO needs at least one λ (or rl.lambda_star.enabled: true)")
     if rl.get("lambda_star", {}).get("enabled") and "grpo" not in rl["algorithms"]:
         raise ConfigError(f"{source}: rl.lambda_star: λ* is read off the GRPO run; add grpo to rl.algorithms")
+    _check_beta(rl, source)
+    if ("steps" in rl) == ("epochs" in rl):
+        raise ConfigError(f"{source}: rl: give exactly one of rl.steps (optimiser steps) and rl.epochs (epochs over "
+                          "the training prompts, as the paper states its schedule)")
     for i, lr in enumerate(config["finetune"]["learning_rates"]):
         if not float(lr) > 0:
             raise ConfigError(f"{source}: finetune.learning_rates.{i}: must be > 0, got {lr!r}")
@@ -105,6 +109,47 @@ def _check_semantics(config: dict, source: str) -> None:
                 f"{source}: {key}: judge {judge['name']!r} needs the environment variable(s) "
                 f"{', '.join(missing)}, which are not set"
             )
+
+
+def _check_beta(rl: dict, source: str) -> None:
+    """A β map names a β for every configured run: ``grpo``, each λ of ``rl.lambdas``, and ``default`` for runs it
+    does not list (λ*, whose value is only known after the GRPO run)."""
+    beta = rl["beta"]
+    if not isinstance(beta, dict):
+        return
+    for key in beta:
+        if key not in ("grpo", "default"):
+            try:
+                float(key)
+            except ValueError:
+                raise ConfigError(f"{source}: rl.beta.{key}: a β map's keys are grpo, default or a λ of "
+                                  "rl.lambdas") from None
+            if key not in rl["lambdas"]:
+                raise ConfigError(f"{source}: rl.beta.{key}: λ={key} is not in rl.lambdas {rl['lambdas']} "
+                                  "(write the λ exactly as rl.lambdas does)")
+    if "default" in beta:
+        return
+    needed = (["grpo"] if "grpo" in rl["algorithms"] else [])
+    if "frpo" in rl["algorithms"]:
+        needed += list(rl["lambdas"])
+    missing = [k for k in needed if k not in beta]
+    if missing:
+        raise ConfigError(f"{source}: rl.beta: no β for {', '.join(missing)} (add them, or a default)")
+    if "frpo" in rl["algorithms"] and rl.get("lambda_star", {}).get("enabled"):
+        raise ConfigError(f"{source}: rl.beta: FRPO at λ* needs rl.beta.default (λ* is only known after GRPO)")
+
+
+def run_beta(rl: dict, run: str) -> float:
+    """β of one run: ``rl.beta`` itself, or its entry for the run (``grpo`` or the λ string), else its default."""
+    beta = rl["beta"]
+    if not isinstance(beta, dict):
+        return float(beta)
+    key = "grpo" if run == "grpo" else run[len("frpo_lam"):]
+    if key in beta:
+        return float(beta[key])
+    if "default" in beta:
+        return float(beta["default"])
+    raise ConfigError(f"rl.beta: no β for run {run!r} and no default")
 
 
 def _eval_judges(config: dict) -> dict:
@@ -191,6 +236,7 @@ def warmup_spec(config: dict) -> dict:
 
 def rl_spec(config: dict, run: str, classifier_path: str | None) -> dict:
     rl = {k: v for k, v in config["rl"].items() if k not in ("algorithms", "lambdas", "lambda_star")}
+    rl["beta"] = run_beta(config["rl"], run)  # the run's own β: editing another run's β leaves this one alone
     objective, lam = ("grpo", None) if run == "grpo" else ("frpo", float(run[len("frpo_lam"):]))
     return {
         "run": run, "objective": objective, "frpo_lambda": lam, "seed": config["seed"], "device": config["device"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from .io import atomic_dir
@@ -71,26 +72,48 @@ def safety_dataset(path_spec: str, split: str):
     )
 
 
-def build_rl_config(spec: dict, ckpt_dir: str | Path):
+def per_device_batch(prompts_per_step: int, num_generations: int, grad_accum: int, world_size: int) -> int:
+    """``per_device_train_batch_size`` (completions) such that one optimiser step sees ``prompts_per_step`` prompts
+    over all ``world_size`` processes and ``grad_accum`` micro-batches, each micro-batch holding whole groups."""
+    shards = grad_accum * world_size
+    if prompts_per_step % shards:
+        raise ValueError(
+            f"rl.prompts_per_step ({prompts_per_step}) must be a multiple of rl.gradient_accumulation_steps "
+            f"({grad_accum}) × processes ({world_size}) = {shards}: every micro-batch of every process holds whole "
+            "groups of completions"
+        )
+    return prompts_per_step // shards * num_generations
+
+
+def world_size() -> int:
+    """Processes of this job (accelerate/torchrun set WORLD_SIZE; a plain process is 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = None):
+    """The FRPOConfig of one run; ``processes`` defaults to this job's :func:`world_size`."""
     from .trainer import FRPOConfig
 
     rl = spec["rl"]
+    G, grad_accum = rl["num_generations"], rl.get("gradient_accumulation_steps", 1)
+    length = {"max_steps": rl["steps"]} if "steps" in rl else {"num_train_epochs": rl["epochs"], "max_steps": -1}
     return FRPOConfig(
         **common_training_args(rl, spec, ckpt_dir),
+        **length,
         objective=spec["objective"],
         frpo_lambda=float(spec.get("frpo_lambda") or 1.0),
         jackknife=rl.get("jackknife", True),
         baseline=rl.get("baseline", True),
-        lambda_scale=rl.get("lambda_scale", "paper"),
+        lambda_scale=rl.get("lambda_scale", "equation_4_1"),
         beta=float(rl["beta"]),
-        num_generations=rl["num_generations"],
-        per_device_train_batch_size=rl["prompts_per_step"] * rl["num_generations"],
-        gradient_accumulation_steps=rl.get("gradient_accumulation_steps", 1),
+        num_generations=G,
+        per_device_train_batch_size=per_device_batch(rl["prompts_per_step"], G, grad_accum, processes or world_size()),
+        gradient_accumulation_steps=grad_accum,
         max_completion_length=rl["max_completion_length"],
         temperature=rl.get("temperature", 1.0),
         top_p=rl.get("top_p", 1.0),
         max_grad_norm=rl.get("max_grad_norm", 1.0),
-        max_steps=rl["steps"],
+        disable_dropout=rl.get("disable_dropout", True),
         use_vllm=rl.get("use_vllm", False),
     )
 
@@ -122,8 +145,17 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
         "run": spec["run"],
         "objective": args.objective,
         "frpo_lambda": args.frpo_lambda if args.objective == "frpo" else None,
+        "lambda_scale": args.lambda_scale if args.objective == "frpo" else None,
+        "beta": args.beta,
         "steps": len(steps),
         "resumed_from": resume,
+        # what one optimiser step saw: prompts_per_step = per_device_prompts × micro-batches × processes
+        "prompts_per_step": rl["prompts_per_step"],
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "processes": world_size(),
+        "schedule": {"lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type), "warmup_steps": args.warmup_steps,
+                     "weight_decay": args.weight_decay, "disable_dropout": args.disable_dropout},
     }
     with atomic_dir(out_dir) as tmp:
         trainer.save_model(str(tmp / "adapter" if peft_config else tmp / "model"))
