@@ -168,6 +168,38 @@ def group_std_reference(rewards, group_ids):
     return out
 
 
+def group_sample_std_reference(rewards, group_ids):
+    """Sample std (n-1 in the denominator) per group, NaN for a group of one; its mean over groups is the reward
+    std that TRL 0.21 logged (``rewards.view(-1, G).std(dim=1).mean()``) and that the paper read lambda* off."""
+    r = [float(v) for v in _vec(rewards)]
+    out = []
+    for rows in groups_in_sorted_order(group_ids).values():
+        n = len(rows)
+        mu = sum(r[i] for i in rows) / n
+        out.append(math.sqrt(sum((r[i] - mu) ** 2 for i in rows) / (n - 1)) if n >= 2 else math.nan)
+    return out
+
+
+def k3_reference(logps, ref_logps, mask):
+    """beta-free KL term of TRL's loss and its gradient: per token k3 = e^{d} - d - 1 with d = ref - logp, token
+    mean per row, mean over rows. Returns (value, d value / d logps as a [B][T] list)."""
+    lp, rf, m = _rows(logps), _rows(ref_logps), _rows(mask)
+    B, T = len(lp), len(lp[0])
+    total = 0.0
+    grad = [[0.0] * T for _ in range(B)]
+    for i in range(B):
+        n_tok = sum(m[i])
+        row = 0.0
+        for t in range(T):
+            if m[i][t] == 0.0:
+                continue
+            d = rf[i][t] - lp[i][t]
+            row += math.exp(d) - d - 1.0
+            grad[i][t] = (1.0 - math.exp(d)) / n_tok / B  # d/dlogp of e^{d} - d - 1, with dd/dlogp = -1
+        total += row / n_tok
+    return total / B, grad
+
+
 def dual_reference(lam, rewards_by_prompt, rho):
     """Dual of Eq. 3.4 (to maximise over lam): -(1/P) sum_x lam log mean_y e^{-r/lam} - lam rho.
     Prompts weigh equally, whatever their number of samples."""

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference as ref  # noqa: E402
 
 from frpo.objective import (  # noqa: E402
+    LAMBDA_SCALES,
     effective_sample_size,
     frpo_loss,
     grpo_loss,
@@ -535,13 +536,21 @@ def test_optimal_lambda_maximises_dual_on_ragged_lists():
 
 def test_lambda_scale_factor():
     for lam in (0.05, 0.2, 1.0, 5.0):
-        assert lambda_scale_factor(lam, "paper") == 1.0
-    assert lambda_scale_factor(0.2, "official") == pytest.approx(5.0)
-    assert lambda_scale_factor(0.05, "official") == pytest.approx(20.0)
-    assert lambda_scale_factor(1.0, "official") == 1.0
-    assert lambda_scale_factor(5.0, "official") == 1.0
-    with pytest.raises(ValueError):
+        assert lambda_scale_factor(lam, "equation_4_1") == 1.0
+    assert lambda_scale_factor(0.2, "max_lambda_1") == pytest.approx(5.0)
+    assert lambda_scale_factor(0.05, "max_lambda_1") == pytest.approx(20.0)
+    assert lambda_scale_factor(1.0, "max_lambda_1") == 1.0
+    assert lambda_scale_factor(5.0, "max_lambda_1") == 1.0
+    assert set(LAMBDA_SCALES) == {"equation_4_1", "max_lambda_1"}
+    with pytest.raises(ValueError, match="lambda_scale must be one of 'equation_4_1'.*'max_lambda_1'.*got 'nope'"):
         lambda_scale_factor(0.2, "nope")
+
+
+@pytest.mark.parametrize(("old", "new"), [("paper", "equation_4_1"), ("official", "max_lambda_1")])
+def test_former_lambda_scale_names_are_refused_naming_the_new_ones(old, new):
+    # "paper" was misleading (the paper's figures came from the other scaling): no silent alias for either name.
+    with pytest.raises(ValueError, match=rf"lambda_scale '{old}' was renamed to '{new}'.*'equation_4_1'.*'max_lambda_1'"):
+        lambda_scale_factor(0.2, old)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -566,12 +575,30 @@ def test_robust_reward_and_ess_match_reference(lam):
                                atol=1e-12)
 
 
+def test_group_reward_std_is_the_sample_std_with_n_minus_1():
+    # By hand: {0, 1, 1, 0} has mean 1/2 and sample variance 4·(1/4)/3 = 1/3; {0.2, 0.2, 0.8} has mean 0.4 and
+    # sample variance (0.04 + 0.04 + 0.16)/2 = 0.12; {1, 1} has none; a single row has no spread (NaN).
+    rewards = torch.tensor([0.0, 0.2, 1.0, 1.0, 0.2, 0.0, 1.0, 1.0, 0.8, 0.5], dtype=F64)
+    gid = torch.tensor([3, 5, 3, 3, 5, 3, 8, 8, 5, 9])
+    std = group_reward_std(rewards, gid)
+    assert std[:3].tolist() == pytest.approx([math.sqrt(1 / 3), math.sqrt(0.12), 0.0], rel=1e-12, abs=1e-15)
+    assert math.isnan(std[3])
+    # ... which is not the population std (n in the denominator) that the metric used before
+    assert std[0].item() != pytest.approx(0.5)
+
+
 def test_group_reward_std_matches_reference():
     rewards, _, gid = _diag_batch()
     std = group_reward_std(rewards, gid)
-    torch.testing.assert_close(std, torch.tensor(ref.group_std_reference(rewards, gid), dtype=F64), rtol=1e-10,
-                               atol=1e-14)
-    assert std[sorted(MIXED_IDS).index(1000)] == 0  # the singleton group (id 1000 is its position after sorting)
+    torch.testing.assert_close(std, torch.tensor(ref.group_sample_std_reference(rewards, gid), dtype=F64),
+                               rtol=1e-10, atol=1e-14, equal_nan=True)
+    assert math.isnan(std[sorted(MIXED_IDS).index(1000)])  # the singleton group (id 1000's position after sorting)
+    # n−1, not n: the population std differs by √(n/(n−1)) in every group of two or more rows
+    population = torch.tensor(ref.group_std_reference(rewards, gid), dtype=F64)
+    sizes = torch.tensor([len(rows) for rows in ref.groups_in_sorted_order(gid).values()], dtype=F64)
+    many = sizes >= 2
+    torch.testing.assert_close(std[many], population[many] * torch.sqrt(sizes[many] / (sizes[many] - 1)),
+                               rtol=1e-10, atol=1e-14)
 
 
 def test_ess_limits():

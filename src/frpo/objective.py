@@ -32,6 +32,7 @@ import torch
 
 __all__ = [
     "GroupIndex",
+    "LAMBDA_SCALES",
     "OBJECTIVES",
     "check_lambda",
     "effective_sample_size",
@@ -233,15 +234,31 @@ def grpo_loss(
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {"frpo": frpo_loss, "grpo": grpo_loss}
 
 
+#: Names of the two scalings of the FRPO term (``FRPOConfig.lambda_scale``), each with what it means.
+LAMBDA_SCALES: dict[str, str] = {
+    "equation_4_1": "the loss is λ·log Ẑ as Eq. 4.1 prints it (factor 1)",
+    "max_lambda_1": "the FRPO term is multiplied by max(λ,1)/λ, the public code's scaling, which produced every "
+    "figure of the paper (App. C.1 says the λ factor was omitted; the code omits it only for λ ≤ 1)",
+}
+# Former names, refused with a pointer to the new ones ("paper" was misleading: the paper's figures used the other).
+_OLD_LAMBDA_SCALES = {"paper": "equation_4_1", "official": "max_lambda_1"}
+
+
 def lambda_scale_factor(lam: float, mode: str) -> float:
-    """Factor applied to the FRPO term. ``"paper"``: 1 (keep λ·log Ẑ as in Eq. 4.1). ``"official"``: max(λ,1)/λ,
-    i.e. the public reference code's rule, which drops the λ factor for λ ≤ 1 (paper App. C, "we omitted the
-    λ factor"); β must then be re-tuned, as the paper did."""
-    if mode == "paper":
+    """Factor applied to the FRPO term for ``lambda_scale=mode``. ``"equation_4_1"``: 1 (keep λ·log Ẑ as in
+    Eq. 4.1). ``"max_lambda_1"``: max(λ,1)/λ, the public reference code's rule, which drops the λ factor for
+    λ ≤ 1 (paper App. C.1, "we omitted the λ factor"); it is the scaling behind the paper's figures, and β must
+    be tuned with it, as the paper did. The β·KL term is never rescaled."""
+    if mode == "equation_4_1":
         return 1.0
-    if mode == "official":
+    if mode == "max_lambda_1":
         return max(lam, 1.0) / lam
-    raise ValueError(f"lambda_scale must be 'paper' or 'official', got {mode!r}")
+    choices = "; ".join(f"{name!r}: {meaning}" for name, meaning in LAMBDA_SCALES.items())
+    if mode in _OLD_LAMBDA_SCALES:
+        raise ValueError(
+            f"lambda_scale {mode!r} was renamed to {_OLD_LAMBDA_SCALES[mode]!r}; use one of {choices}"
+        )
+    raise ValueError(f"lambda_scale must be one of {choices}; got {mode!r}")
 
 
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
@@ -270,11 +287,18 @@ def effective_sample_size(advantages: torch.Tensor, group_ids: torch.Tensor, lam
 
 
 def group_reward_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """Population standard deviation of the rewards within each group, ``[n_groups]``."""
+    """Sample standard deviation (n−1 in the denominator) of the rewards within each group, ``[n_groups]``;
+    NaN for a group of one row, whose spread is undefined.
+
+    Its mean over groups is ``frpo/reward_std_within_group``, the std that enters λ* (Remark 3.3): the paper's
+    "std ≈ 0.07" is this quantity, as TRL 0.21 logged it (``rewards.view(-1, G).std(dim=1).mean()``). TRL 1.16's
+    own ``reward_std`` metric is a whole-batch std, which is not this."""
     idx = group_index(group_ids)
     r = rewards.to(torch.float64)
     mean = _group_mean(r, idx)
-    return torch.sqrt(_group_mean((r - mean[idx.group]) ** 2, idx))
+    sq = r.new_zeros(idx.n_groups).index_add(0, idx.group, (r - mean[idx.group]) ** 2)
+    n = idx.sizes.to(torch.float64)
+    return torch.where(idx.sizes >= 2, torch.sqrt(sq / (n - 1).clamp(min=1)), torch.full_like(sq, math.nan))
 
 
 # --------------------------------------------------------------------------------------------------------------
