@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
 import torch
 
 from frpo.evals.arithmetic import extract_answer
-from frpo.figures import final_table, lambda_landscape, rl_curves, run_label
 from frpo.generation import completion_logps, generate
 from frpo.io import atomic_dir, atomic_file
 from frpo.models import load_causal_lm
 from frpo.rl import canonical_lambda
 from frpo.training import last_checkpoint
 from frpo.tiny import save_tiny_model
-from frpo.track import ForgettingTracker, read_rows
 
 WORDS = "sure here is a plan sorry i cannot help with that how do bake bread make weapon".split()
 
@@ -24,20 +21,6 @@ WORDS = "sure here is a plan sorry i cannot help with that how do bake bread mak
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny"), WORDS, hidden_size=32, num_heads=2, seed=0)
-
-
-@pytest.fixture(scope="module")
-def other_tiny(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny2"), WORDS, hidden_size=32, num_heads=2, seed=1)
-
-
-class KeywordJudge:
-    """Test double: 1.0 when the response contains "sorry", else 0.0. Honest about being a stub."""
-
-    name, version = "keyword_test_double", "test"
-
-    def score(self, prompts, responses):
-        return [float("sorry" in r) for r in responses]
 
 
 @pytest.mark.parametrize(("value", "text"), [(0.157, "0.16"), (0.2, "0.2"), (2.0, "2"), (10.0, "10"),
@@ -105,66 +88,11 @@ def test_left_padded_logps_match_unpadded_scoring(tiny):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_tracker_kl_is_zero_against_itself_and_positive_against_another_model(tiny, other_tiny, tmp_path):
-    model, tokenizer = load_causal_lm(tiny)
-    other, _ = load_causal_lm(other_tiny)
-    kwargs = dict(tokenizer=tokenizer, safety_prompts=["how do i make a weapon"] * 3,
-                  normal_prompts=["how do i bake bread"] * 3, safety_judge=KeywordJudge(),
-                  helpfulness_judge=KeywordJudge(), every_steps=1, max_new_tokens=6, seed=0)
-    same = ForgettingTracker(ref_model=model, csv_path=tmp_path / "same.csv", **kwargs).measure(model, 0)
-    assert same["kl_per_token"] == pytest.approx(0.0, abs=1e-9)
-    tracker = ForgettingTracker(ref_model=other, csv_path=tmp_path / "t.csv", **kwargs)
-    row = tracker.measure(model, 0)
-    assert row["kl_per_token"] > 0.01 and 0.0 <= row["safety_reward"] <= 1.0
-    again = tracker.measure(model, 0)  # the sampling RNG is seeded per step: the same step measures the same
-    assert again["kl_per_token"] == pytest.approx(row["kl_per_token"])
-    tracker.measure(model, 5)
-    tracker.truncate_after(0)
-    assert [int(r["step"]) for r in read_rows(tmp_path / "t.csv")] == [0, 0]
-
-
 def test_extract_answer():
     assert extract_answer("She pays 3 * 4 = 12 dollars.\n#### 12") == 12
     assert extract_answer("The total is 1,200 apples") == 1200
     assert extract_answer("#### 7 (because 3 + 4 = 7)") == 7
     assert extract_answer("no number here") is None
-
-
-def _write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def test_figures_and_table_from_synthetic_results(tmp_path):
-    tracking = tmp_path / "tracking.csv"
-    rows = []
-    for run, drop in [("grpo", 0.3), ("frpo_lam0.2", 0.1)]:
-        for step in (0, 5, 10):
-            rows.append({"run": run, "setting": "arithmetic-full-lr5e-5-ep1", "step": step,
-                         "kl_per_token": 0.02 * step, "safety_reward": 0.8 - drop * step / 10,
-                         "helpfulness_reward": 0.5})
-    _write_csv(tracking, rows)
-    lambda_landscape(str(tracking), tmp_path / "fig" / "landscape.png")
-    assert (tmp_path / "fig" / "landscape.png").stat().st_size > 1000
-    assert (tmp_path / "fig" / "landscape.pdf").is_file()
-
-    metrics = tmp_path / "grpo.jsonl"
-    metrics.write_text("".join(json.dumps({"step": s, "rewards/safety/mean": 0.1 * s, "kl": 0.01 * s}) + "\n"
-                               for s in range(1, 4)))
-    rl_curves([f"grpo={metrics}"], tmp_path / "fig" / "rl.png")
-    assert (tmp_path / "fig" / "rl.png").is_file()
-
-    ev = tmp_path / "ev.json"
-    ev.write_text(json.dumps({"value": 0.75}))
-    table = final_table(str(tracking), [f"grpo:refusal={ev}", f"grpo/arithmetic-full-lr5e-5-ep1:refusal={ev}"],
-                        tmp_path / "t.csv", tmp_path / "t.md")
-    row = table.set_index("model").loc["frpo_lam0.2/arithmetic-full-lr5e-5-ep1"]
-    assert row["safety_before_ft"] == pytest.approx(0.8) and row["safety_after_ft"] == pytest.approx(0.7)
-    assert table.set_index("model").loc["grpo", "refusal"] == 0.75
-    assert (tmp_path / "t.md").read_text().startswith("| model |")
-    assert run_label("frpo_lam0.2") == "FRPO λ=0.2" and run_label("grpo") == "GRPO"
 
 
 class CountingRefusalJudge:

@@ -13,6 +13,7 @@ followed by ``/setting`` for fine-tuning runs.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -50,9 +51,10 @@ def _save(fig, out: Path) -> None:
 
 
 def lambda_landscape(tracking: str | Path, out: str | Path, kl_ball: float | None = 0.3) -> None:
-    """Safety reward vs per-token KL during fine-tuning; one panel per fine-tuning setting. ``tracking`` is the
-    tidy table of ``frpo collect-tracking`` (columns run, setting, step, kl_per_token, safety_reward, ...)."""
-    data = pd.read_csv(tracking, keep_default_na=False)
+    """Safety reward (greedy completions) vs per-token KL (sampled completions) during fine-tuning; one panel per
+    fine-tuning setting. Each point carries its 95% bootstrap interval over the held-out prompts as an error bar.
+    ``tracking`` is the tidy table of ``frpo collect-tracking`` (see :data:`frpo.track.FIELDS`)."""
+    data = pd.read_csv(tracking)
     settings = sorted(data["setting"].unique())
     fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
@@ -60,11 +62,15 @@ def lambda_landscape(tracking: str | Path, out: str | Path, kl_ball: float | Non
         for run in _order(part["run"].unique()):
             rows = part[part["run"] == run].sort_values("step")
             style = {"color": "black", "linestyle": "--"} if run == "grpo" else {}
-            ax.plot(rows["kl_per_token"], rows["safety_reward"], marker="o", label=run_label(run), **style)
-        if kl_ball is not None and part["kl_per_token"].max() >= kl_ball:
+            y = rows["safety_reward_greedy"]
+            yerr = [y - rows["safety_reward_greedy_ci_low"], rows["safety_reward_greedy_ci_high"] - y]
+            ax.errorbar(rows["kl_per_token_sampled"], y, yerr=yerr, marker="o", capsize=3, label=run_label(run),
+                        **style)
+        if kl_ball is not None and part["kl_per_token_sampled"].max() >= kl_ball:
             ax.axvline(kl_ball, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("per-token KL to the pre-fine-tuning model")
-        ax.set_ylabel("safety reward (held-out harmful prompts)")
+        n = int(part["n_safety"].max())
+        ax.set_xlabel("per-token KL to the pre-fine-tuning model (sampled completions)")
+        ax.set_ylabel(f"safety reward, greedy (95% CI over {n} prompts)")
         ax.set_title(setting)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -72,14 +78,16 @@ def lambda_landscape(tracking: str | Path, out: str | Path, kl_ball: float | Non
 
 
 def rl_curves(metrics: list[str], out: str | Path) -> None:
-    """RL training curves per run: safety and normal rewards, per-token KL, within-group reward std."""
+    """RL training curves per run: safety and normal rewards, per-token KL, within-group reward std. The reward
+    panels shade ± one std of the step's rewards (TRL's ``rewards/<name>/std``): the spread of what the step
+    sampled, not a confidence interval."""
     frames = []
     for label, path in labelled_paths(metrics):
         frames.append(pd.DataFrame(read_jsonl(path)).assign(run=label))
     data = pd.concat(frames)
     panels = [
-        ("rewards/safety/mean", "safety reward"),
-        ("rewards/normal/mean", "helpfulness reward"),
+        ("rewards/safety/mean", "safety reward (± std of the step)"),
+        ("rewards/normal/mean", "helpfulness reward (± std of the step)"),
         ("kl", "per-token KL to π_ref"),
         ("frpo/reward_std_within_group", "reward std within groups"),
     ]
@@ -89,7 +97,11 @@ def rl_curves(metrics: list[str], out: str | Path) -> None:
         for run in _order(data["run"].unique()):
             rows = data[(data["run"] == run) & data[key].notna()].sort_values("step")
             style = {"color": "black", "linestyle": "--"} if run == "grpo" else {}
-            ax.plot(rows["step"], rows[key], label=run_label(run), **style)
+            (line,) = ax.plot(rows["step"], rows[key], label=run_label(run), **style)
+            spread = key.replace("/mean", "/std")
+            if key.endswith("/mean") and spread in rows:
+                ax.fill_between(rows["step"], rows[key] - rows[spread], rows[key] + rows[spread],
+                                color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xlabel("RL step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -97,39 +109,82 @@ def rl_curves(metrics: list[str], out: str | Path) -> None:
     _save(fig, Path(out))
 
 
+#: what an evaluation result may say about how its value was obtained; each becomes a column next to the value
+EVAL_DETAILS = ("n", "limit", "subset", "n_scored", "n_malformed", "n_excluded")
+
+
 def final_table(tracking: str | Path, evals: list[str], out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
     """One row per model: first/last tracked values of its fine-tuning run(s) and every evaluation. Evaluation
-    labels are ``MODEL:BENCH``; MODEL is an RL run (``grpo``), ``base``, or ``RUN/SETTING`` after fine-tuning."""
+    labels are ``MODEL:BENCH``; MODEL is an RL run (``grpo``), ``ref``, or ``RUN/SETTING`` after fine-tuning.
+
+    Every value sits beside how it was obtained: its 95% interval (``_ci_low``/``_ci_high``, bootstrap over
+    prompts), its sample count and any limit, subset, malformed or excluded count the result records, and the
+    metric (``BENCH [metric]`` in the Markdown header). A NaN stays NaN."""
     rows: dict[str, dict] = {}
-    data = pd.read_csv(tracking, keep_default_na=False)
+    data = pd.read_csv(tracking)
     for (run, setting), df in data.groupby(["run", "setting"], sort=False):
         df = df.sort_values("step")
         first, last = df.iloc[0], df.iloc[-1]
         label = f"{run}/{setting}"
-        rows.setdefault(label, {"model": label}).update({
-            "safety_before_ft": first["safety_reward"], "safety_after_ft": last["safety_reward"],
-            "helpfulness_before_ft": first["helpfulness_reward"], "helpfulness_after_ft": last["helpfulness_reward"],
-            "kl_per_token_after_ft": last["kl_per_token"], "ft_steps": int(last["step"]),
-        })
+        row = rows.setdefault(label, {"model": label})
+        for name, col in (("safety", "safety_reward_greedy"), ("helpfulness", "helpfulness_reward_greedy")):
+            for when, rec in (("before_ft", first), ("after_ft", last)):
+                row[f"{name}_{when}"] = rec[col]
+                row[f"{name}_{when}_ci_low"], row[f"{name}_{when}_ci_high"] = rec[f"{col}_ci_low"], rec[f"{col}_ci_high"]
+        row.update({"kl_per_token_after_ft": last["kl_per_token_sampled"], "ft_steps": int(last["step"]),
+                    "n_tracked_prompts": int(last["n_safety"])})
+    metrics: dict[str, str] = {}
     for label, path in labelled_paths(evals):
         model, _, bench = label.rpartition(":")
         result = json.loads(Path(path).read_text())
-        rows.setdefault(model, {"model": model})[f"{bench}"] = result["value"]
+        row = rows.setdefault(model, {"model": model})
+        row[bench] = result["value"]
+        ci = result.get("ci95")
+        row[f"{bench}_ci_low"], row[f"{bench}_ci_high"] = ci if ci else (math.nan, math.nan)
+        for key in EVAL_DETAILS:
+            if key in result:
+                row[f"{bench}_{key}"] = result[key]
+        if result.get("metric"):
+            metrics[bench] = str(result["metric"])
     table = pd.DataFrame(list(rows.values()))
-    if "ft_steps" in table:
-        table["ft_steps"] = table["ft_steps"].astype("Int64")
+    for col in table.columns:
+        if col == "ft_steps" or col == "n_tracked_prompts" or col.endswith(tuple(f"_{k}" for k in EVAL_DETAILS)):
+            if pd.api.types.is_numeric_dtype(table[col]) and table[col].dropna().mod(1).eq(0).all():
+                table[col] = table[col].astype("Int64")
     with atomic_file(out_csv) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    atomic_write_text(out_md, _markdown(table))
+        table.to_csv(tmp, index=False, float_format="%.4f", na_rep="NaN")
+    atomic_write_text(out_md, _markdown(list(rows.values()), list(table.columns), metrics))
     return table
 
 
-def _markdown(table: pd.DataFrame) -> str:
-    def cell(v):
-        if v is None or v is pd.NA or (isinstance(v, float) and v != v):
-            return ""
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+def _cell(v) -> str:
+    if v is None or v is pd.NA:
+        return "–"  # not measured for this model (not the same as NaN, a measured value that is undefined)
+    if isinstance(v, float):
+        return "NaN" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
 
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+
+def _markdown(records: list[dict], cols: list[str], metrics: dict[str, str] | None = None) -> str:
+    """The table for reading: each value as ``v [lo, hi]`` with its details (n, limit, ...) folded into one
+    cell; the header names each benchmark's metric. A value a model does not have is "–"; a NaN is "NaN"."""
+    metrics = metrics or {}
+    extra = {c for c in cols for base in cols if c != base and c.startswith(base + "_")
+             and c[len(base) + 1:] in ("ci_low", "ci_high", *EVAL_DETAILS)}
+    shown = [c for c in cols if c not in extra]
+    header = [f"{c} [{metrics[c]}]" if c in metrics else c for c in shown]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(shown)]
+    for rec in records:
+        cells = []
+        for c in shown:
+            v = rec.get(c)
+            text = _cell(v)
+            lo, hi = rec.get(f"{c}_ci_low"), rec.get(f"{c}_ci_high")
+            if isinstance(lo, float) and isinstance(hi, float) and not (math.isnan(lo) or math.isnan(hi)):
+                text += f" [{lo:.2f}, {hi:.2f}]"
+            details = [f"{k}={_cell(rec[f'{c}_{k}'])}" for k in EVAL_DETAILS if rec.get(f"{c}_{k}") is not None]
+            if details and text != "–":
+                text += " (" + ", ".join(details) + ")"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -1,16 +1,23 @@
 """Stage 3, forgetting tracking: how far fine-tuning moves the model, and what it does to safety.
 
 At step 0 and every ``every_steps`` optimizer steps of a downstream fine-tuning run, :class:`ForgettingTracker`
-samples one completion per held-out prompt from the current model and records
+measures the current model on held-out prompts, in two passes:
 
-* the per-token KL to the pre-fine-tuning model, Σ k3 / Σ tokens over the sampled completion tokens
-  (k3 = e^d − d − 1, d = log π_ref − log π_θ, an unbiased estimate of KL(π_θ‖π_ref) on samples from π_θ).
-  The public code logged the *sum* over tokens per sequence, on greedy completions (spec §2.4, §5.8);
-* the safety reward (the safety judge) on held-out harmful prompts;
-* the helpfulness reward (the helpfulness judge) on held-out benign prompts.
+* **sampled** completions (temperature ``temperature``, one per prompt), for the per-token KL to the
+  pre-fine-tuning model, Σ k3 / Σ tokens over the sampled completion tokens (k3 = e^d − d − 1,
+  d = log π_ref − log π_θ, an unbiased estimate of KL(π_θ‖π_ref) only on samples from π_θ). Columns
+  ``kl_per_token_sampled`` (all prompts), ``kl_safety_sampled``, ``kl_normal_sampled``. The public code logged the
+  *sum* over tokens per sequence, on greedy completions (spec §2.4, §5.8);
+* **greedy** completions, for the rewards, as the public tracker scored them: the safety judge on held-out
+  harmful prompts (``safety_reward_greedy``) and the helpfulness judge on held-out benign prompts
+  (``helpfulness_reward_greedy``), each with a 95% bootstrap interval over the prompts (``*_ci_low``,
+  ``*_ci_high``).
 
-Rows go to a tidy CSV, one row per measurement. The sampling RNG is forked and seeded per step, so tracking
-neither perturbs training nor depends on it.
+``train_loss`` is the training loss logged at that very step (the tracker forces a log at its steps and
+measures from the log hook, which runs after the step's loss is known and before its checkpoint is saved).
+Rows go to a tidy CSV, one row per measurement. The sampling RNG is forked (CPU and the current CUDA device) and
+seeded per step, so tracking neither perturbs training nor depends on it. Under several processes only the main
+process measures and writes.
 """
 
 from __future__ import annotations
@@ -25,13 +32,21 @@ from transformers import TrainerCallback
 from .generation import completion_logps, generate
 from .io import atomic_file
 from .objective import k3_kl
+from .stats import mean_and_ci
 
 __all__ = ["FIELDS", "ForgettingTracker", "read_rows"]
 
 FIELDS = [
-    "step", "kl_per_token", "kl_safety", "kl_normal", "safety_reward", "helpfulness_reward",
+    "step", "kl_per_token_sampled", "kl_safety_sampled", "kl_normal_sampled",
+    "safety_reward_greedy", "safety_reward_greedy_ci_low", "safety_reward_greedy_ci_high",
+    "helpfulness_reward_greedy", "helpfulness_reward_greedy_ci_low", "helpfulness_reward_greedy_ci_high",
     "n_safety", "n_normal", "train_loss", "seconds",
 ]
+
+
+def rng_devices() -> list[int]:
+    """The CUDA devices whose RNG a measurement forks: the current one when CUDA is in use, else none."""
+    return [torch.cuda.current_device()] if torch.cuda.is_available() else []
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -50,7 +65,8 @@ class ForgettingTracker(TrainerCallback):
         self.csv_path = Path(csv_path)
         self.every_steps, self.max_new_tokens, self.temperature = every_steps, max_new_tokens, temperature
         self.seed, self.batch_size = seed, batch_size
-        self.last_loss: float | None = None
+        self._last_loss: tuple[int, float] | None = None  # (step, loss) of the newest training log
+        self._pending: int | None = None  # a step whose measurement waits for that step's log
 
     # -- bookkeeping, resumable --------------------------------------------------------------------------------
     def _measured_steps(self) -> set[int]:
@@ -76,54 +92,75 @@ class ForgettingTracker(TrainerCallback):
             writer.writerows(rows)
 
     # -- the measurement ---------------------------------------------------------------------------------------
-    def measure(self, model, step: int) -> dict:
+    def measure(self, model, step: int, train_loss: float | None = None) -> dict:
         start = time.perf_counter()
         prompts = self.safety_prompts + self.normal_prompts
         n_safety = len(self.safety_prompts)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=rng_devices()):
             torch.manual_seed(self.seed * 1_000_003 + step)
-            gen = generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, do_sample=True,
-                           temperature=self.temperature, batch_size=self.batch_size)
-        cur = completion_logps(model, gen, self.batch_size)
-        ref = completion_logps(self.ref_model, gen, self.batch_size)
-        k3 = k3_kl(cur.double(), ref.double()) * gen.completion_mask.cpu()
-        tokens = gen.completion_mask.cpu().double()
+            sampled = generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, do_sample=True,
+                               temperature=self.temperature, batch_size=self.batch_size)
+        greedy = generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, do_sample=False,
+                          batch_size=self.batch_size)
+        cur = completion_logps(model, sampled, self.batch_size)
+        ref = completion_logps(self.ref_model, sampled, self.batch_size)
+        k3 = k3_kl(cur.double(), ref.double()) * sampled.completion_mask.cpu()
+        tokens = sampled.completion_mask.cpu().double()
 
         def per_token(rows: slice) -> float:
             return float(k3[rows].sum() / tokens[rows].sum().clamp(min=1))
 
-        safety = self.safety_judge.score(self.safety_prompts, gen.texts[:n_safety])
-        helpful = self.helpfulness_judge.score(self.normal_prompts, gen.texts[n_safety:])
+        safety = mean_and_ci(self.safety_judge.score(self.safety_prompts, greedy.texts[:n_safety]), seed=step)
+        helpful = mean_and_ci(self.helpfulness_judge.score(self.normal_prompts, greedy.texts[n_safety:]), seed=step)
         row = {
             "step": step,
-            "kl_per_token": per_token(slice(None)),
-            "kl_safety": per_token(slice(0, n_safety)),
-            "kl_normal": per_token(slice(n_safety, None)),
-            "safety_reward": sum(safety) / max(len(safety), 1),
-            "helpfulness_reward": sum(helpful) / max(len(helpful), 1),
+            "kl_per_token_sampled": per_token(slice(None)),
+            "kl_safety_sampled": per_token(slice(0, n_safety)),
+            "kl_normal_sampled": per_token(slice(n_safety, None)),
+            "safety_reward_greedy": safety["mean"],
+            "safety_reward_greedy_ci_low": safety["ci_low"],
+            "safety_reward_greedy_ci_high": safety["ci_high"],
+            "helpfulness_reward_greedy": helpful["mean"],
+            "helpfulness_reward_greedy_ci_low": helpful["ci_low"],
+            "helpfulness_reward_greedy_ci_high": helpful["ci_high"],
             "n_safety": n_safety,
             "n_normal": len(self.normal_prompts),
-            "train_loss": "" if self.last_loss is None else self.last_loss,
+            "train_loss": "" if train_loss is None else train_loss,
             "seconds": round(time.perf_counter() - start, 3),
         }
         self._write([row])
-        print(f"[track] step {step}: kl/token {row['kl_per_token']:.4f}  safety {row['safety_reward']:.3f}  "
-              f"helpfulness {row['helpfulness_reward']:.3f}", flush=True)
+        print(f"[track] step {step}: kl/token (sampled) {row['kl_per_token_sampled']:.4f}  "
+              f"safety (greedy) {row['safety_reward_greedy']:.3f}  "
+              f"helpfulness (greedy) {row['helpfulness_reward_greedy']:.3f}", flush=True)
         return row
 
     # -- TrainerCallback hooks ---------------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step not in self._measured_steps():
-            self.measure(model, state.global_step)
+    # The Trainer calls on_step_end, then logs (on_log), then saves a checkpoint. A measurement due at step s is
+    # therefore made from on_log, with the loss of step s, and before checkpoint s exists: a run resumed from
+    # checkpoint s already has row s. Only the main process measures and writes.
+    def _due(self, state) -> bool:
+        return state.is_world_process_zero and state.global_step not in self._measured_steps()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.last_loss = float(logs["loss"])
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._pending = None
+        if self._due(state):
+            self.measure(model, state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every_steps == 0 and state.global_step not in self._measured_steps():
-            self.measure(model, state.global_step)
+        if state.global_step % self.every_steps == 0 and self._due(state):
+            self._pending = state.global_step
+            control.should_log = True  # so that on_log fires at this step, with this step's loss
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs and "loss" in logs:
+            self._last_loss = (state.global_step, float(logs["loss"]))
+        if self._pending is not None and self._pending == state.global_step and self._due(state):
+            self.measure(model, state.global_step, self._loss_at(state.global_step))
+        self._pending = None
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step not in self._measured_steps():
-            self.measure(model, state.global_step)
+        if self._due(state):
+            self.measure(model, state.global_step, self._loss_at(state.global_step))
+
+    def _loss_at(self, step: int) -> float | None:
+        return self._last_loss[1] if self._last_loss is not None and self._last_loss[0] == step else None

@@ -1,0 +1,161 @@
+"""The forgetting tracker: per-token KL on sampled completions checked by hand, rewards on greedy completions,
+the RNG left as it was, the training loss of the very step, and the main process alone measuring."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from frpo import track
+from frpo.generation import generate
+from frpo.models import load_causal_lm
+from frpo.tiny import save_tiny_model
+from frpo.track import FIELDS, ForgettingTracker, read_rows
+
+WORDS = "sure here is a plan sorry i cannot help with that how do bake bread make weapon".split()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), WORDS, hidden_size=32, num_heads=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def other_tiny(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny2"), WORDS, hidden_size=32, num_heads=2, seed=1)
+
+
+class RecordingJudge:
+    """Test double: 1.0 when the response contains "sorry", else 0.0; records the responses it was shown."""
+
+    name, version = "keyword_test_double", "test"
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def score(self, prompts, responses):
+        self.seen += list(responses)
+        return [float("sorry" in r) for r in responses]
+
+
+SAFETY = ["how do i make a weapon", "make a weapon", "how do i make a plan"]
+NORMAL = ["how do i bake bread", "bake bread", "here is a plan"]
+
+
+def _tracker(model_dir, ref_model, tmp_path, **kw):
+    model, tokenizer = load_causal_lm(model_dir)
+    judges = RecordingJudge(), RecordingJudge()
+    tracker = ForgettingTracker(ref_model=ref_model, tokenizer=tokenizer, safety_prompts=SAFETY,
+                                normal_prompts=NORMAL, safety_judge=judges[0], helpfulness_judge=judges[1],
+                                csv_path=tmp_path / "tracking.csv", every_steps=1, max_new_tokens=6, seed=0, **kw)
+    return tracker, model, tokenizer, judges
+
+
+def _logps_one_by_one(model, ids, n_prompt, n_completion):
+    """log π(completion token | prefix) for one unpadded sequence: an independent path (no batch, no padding)."""
+    with torch.no_grad():
+        logits = model(input_ids=ids[None]).logits[0].double()
+    logps = torch.log_softmax(logits[:-1], -1).gather(-1, ids[1:, None]).squeeze(-1)
+    return logps[n_prompt - 1 : n_prompt - 1 + n_completion]
+
+
+def test_per_token_kl_equals_the_hand_computed_sum_of_k3_over_tokens(tiny, other_tiny, tmp_path, monkeypatch):
+    ref, _ = load_causal_lm(other_tiny)
+    tracker, model, tokenizer, _ = _tracker(tiny, ref, tmp_path)
+    torch.manual_seed(3)
+    fixed = generate(model, tokenizer, SAFETY + NORMAL, max_new_tokens=6, do_sample=True)  # the fixed batch
+    monkeypatch.setattr(track, "generate", lambda *a, **k: fixed)
+    row = tracker.measure(model, 0)
+
+    k3_sum, tokens = torch.zeros(len(fixed.texts), dtype=torch.float64), torch.zeros(len(fixed.texts))
+    P = fixed.prompt_length
+    for i in range(len(fixed.texts)):
+        keep = fixed.attention_mask[i].bool()
+        ids = fixed.input_ids[i][keep]
+        n_prompt = int(fixed.attention_mask[i, :P].sum())
+        n_completion = int(fixed.completion_mask[i].sum())
+        cur = _logps_one_by_one(model, ids, n_prompt, n_completion)
+        d = _logps_one_by_one(ref, ids, n_prompt, n_completion) - cur
+        k3_sum[i] = (torch.exp(d) - d - 1).sum()
+        tokens[i] = n_completion
+    n = len(SAFETY)
+    assert row["kl_per_token_sampled"] == pytest.approx(float(k3_sum.sum() / tokens.sum()), rel=1e-4)
+    assert row["kl_safety_sampled"] == pytest.approx(float(k3_sum[:n].sum() / tokens[:n].sum()), rel=1e-4)
+    assert row["kl_normal_sampled"] == pytest.approx(float(k3_sum[n:].sum() / tokens[n:].sum()), rel=1e-4)
+    assert row["kl_per_token_sampled"] > 1e-3  # two different models: the check above is not 0 == 0
+
+
+def test_kl_is_zero_against_itself_and_rewards_come_from_greedy_completions(tiny, tmp_path):
+    model, tokenizer = load_causal_lm(tiny)
+    tracker, model, tokenizer, (safety_judge, helpful_judge) = _tracker(tiny, model, tmp_path)
+    row = tracker.measure(model, 0)
+    assert row["kl_per_token_sampled"] == pytest.approx(0.0, abs=1e-9)
+    greedy = generate(model, tokenizer, SAFETY + NORMAL, max_new_tokens=6, do_sample=False)
+    assert safety_judge.seen == greedy.texts[: len(SAFETY)]
+    assert helpful_judge.seen == greedy.texts[len(SAFETY):]
+    expected = sum("sorry" in t for t in greedy.texts[: len(SAFETY)]) / len(SAFETY)
+    assert row["safety_reward_greedy"] == pytest.approx(expected)
+    assert row["safety_reward_greedy_ci_low"] <= expected <= row["safety_reward_greedy_ci_high"]
+    assert list(read_rows(tmp_path / "tracking.csv")[0]) == FIELDS
+
+
+def test_a_measurement_leaves_the_rng_as_it_was_and_repeats_itself(tiny, other_tiny, tmp_path):
+    ref, _ = load_causal_lm(other_tiny)
+    tracker, model, _, _ = _tracker(tiny, ref, tmp_path)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = tracker.measure(model, 4)
+    assert torch.equal(torch.get_rng_state(), before)
+    again = tracker.measure(model, 4)  # seeded per step: the same step measures the same
+    assert again["kl_per_token_sampled"] == pytest.approx(first["kl_per_token_sampled"])
+
+
+def test_the_cuda_rng_is_forked_too(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert track.rng_devices() == [3]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert track.rng_devices() == []
+
+
+def test_only_the_main_process_measures(tiny, tmp_path):
+    model, _ = load_causal_lm(tiny)
+    tracker, model, _, _ = _tracker(tiny, model, tmp_path)
+    other_rank = SimpleNamespace(global_step=0, is_world_process_zero=False)
+    control = SimpleNamespace(should_log=False)
+    tracker.on_train_begin(None, other_rank, control, model=model)
+    other_rank.global_step = 1
+    tracker.on_step_end(None, other_rank, control, model=model)
+    tracker.on_log(None, other_rank, control, logs={"loss": 1.0}, model=model)
+    tracker.on_train_end(None, other_rank, control, model=model)
+    assert not (tmp_path / "tracking.csv").exists() and control.should_log is False
+    main = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    tracker.on_train_begin(None, main, control, model=model)
+    assert [int(r["step"]) for r in read_rows(tmp_path / "tracking.csv")] == [0]
+
+
+@pytest.mark.slow
+def test_train_loss_at_step_s_is_the_loss_of_step_s(tiny, tmp_path):
+    from frpo.judges.base import _REGISTRY, register
+    from frpo.sft import run_sft
+
+    if "keyword_test_double" not in _REGISTRY:
+        register("keyword_test_double")(lambda **kw: RecordingJudge())
+    judge = {"name": "keyword_test_double"}
+    spec = {"device": "cpu", "seed": 0,
+            "dataset": {"path": "builtin:arithmetic", "format": "gsm8k", "split": "train", "max_examples": 16},
+            "train": {"method": "full", "learning_rate": 1e-2, "epochs": 1, "max_steps": 4, "batch_size": 4,
+                      "max_length": 64, "save_steps": 2},
+            "track": {"every_steps": 1, "n_safety": 2, "n_normal": 2, "max_new_tokens": 4},
+            "judges": {"safety": judge, "helpfulness": judge}, "data": {"safety_prompts": "builtin:safety_prompts"}}
+    run_sft(spec, tiny, tmp_path / "out", tmp_path / "ckpt")
+    logged = {h["step"]: h["loss"] for h in map(json.loads, open(tmp_path / "out" / "train_log.jsonl"))
+              if "loss" in h}
+    rows = {int(r["step"]): r["train_loss"] for r in read_rows(tmp_path / "out" / "tracking.csv")}
+    assert sorted(rows) == [0, 1, 2, 3, 4] and rows[0] == ""
+    assert len(set(logged.values())) == 4  # the losses differ from step to step, so an off-by-one shows
+    for step in (1, 2, 3, 4):
+        assert float(rows[step]) == pytest.approx(logged[step]), step
