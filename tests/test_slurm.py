@@ -3,8 +3,9 @@ by tests/slurm/cluster.sh, the smoke config submitted through `--profile profile
 with `scancel` that resumes from its checkpoint when snakemake resubmits it.
 
 Opt-in: the module runs only with FRPO_SLURM_TESTS=1 (it takes several minutes, and `.ci/run` runs it in its own
-step: `FRPO_SLURM_TESTS=1 python -m pytest -m slurm tests/test_slurm.py`). It skips, saying why, when SLURM is
-not installed (`apt-get install slurm-wlm munge`), when not root, or when the cluster does not come up.
+step: `FRPO_SLURM_TESTS=1 python -m pytest -m slurm tests/test_slurm.py`). Once opted in it never skips: it fails,
+saying why, when SLURM is not installed (`apt-get install slurm-wlm munge`), when not root, or when the cluster
+does not come up.
 
 What sbatch receives is recorded by tests/slurm/shim/sbatch (first on PATH), which logs each call's arguments as a
 JSON line and execs /usr/bin/sbatch. tests/slurm/shim/srun restores SLURM_CONF inside jobs (see that file).
@@ -40,24 +41,37 @@ SNAKEMAKE = [PYTHON, "-m", "snakemake"]
 LOCAL_MEM_MB = 6000  # two concurrent jobs must fit the node's RealMemory (<= 20000 MB)
 GPU_RULES = ("rl_train", "warmup_sft", "finetune", "eval_refusal", "eval_arithmetic")  # the smoke config's evals
 
+OPTED_IN = os.environ.get("FRPO_SLURM_TESTS") == "1"
+
+
+def _missing_prerequisite() -> str | None:
+    if not (shutil.which("slurmctld") or Path("/usr/sbin/slurmctld").exists()) or not Path("/usr/bin/sbatch").exists() \
+            or not shutil.which("munged"):
+        return "SLURM not installed (needs slurmctld, slurmd, sbatch, munged: apt-get install slurm-wlm munge)"
+    if os.geteuid() != 0:
+        return "the test cluster's slurmd must run as root"
+    return None
+
+
+# Opt-in: without FRPO_SLURM_TESTS=1 the module is skipped. Once opted in, nothing skips: a missing SLURM, a
+# non-root user or a cluster that does not start FAILS the tests, so a CI run that asked for them cannot pass
+# without running them.
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(os.environ.get("FRPO_SLURM_TESTS") != "1",
-                       reason="SLURM cluster tests are opt-in: set FRPO_SLURM_TESTS=1 (as .ci/run does)"),
-    pytest.mark.skipif(not (shutil.which("slurmctld") or Path("/usr/sbin/slurmctld").exists())
-                       or not Path("/usr/bin/sbatch").exists() or not shutil.which("munged"),
-                       reason="SLURM not installed (needs slurmctld, slurmd, sbatch, munged: apt-get install slurm-wlm munge)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the test cluster's slurmd must run as root"),
+    pytest.mark.skipif(not OPTED_IN, reason="SLURM cluster tests are opt-in: set FRPO_SLURM_TESTS=1 (as .ci/run does)"),
 ]
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    missing = _missing_prerequisite()
+    if missing:
+        pytest.fail(f"FRPO_SLURM_TESTS=1 but {missing}")
     state = Path(tempfile.mkdtemp(prefix="frpo-slurm-", dir="/tmp"))  # short: the munge socket path is limited
     started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True)
     if started.returncode != 0:
         subprocess.run(["bash", str(CLUSTER), "stop", str(state)], capture_output=True)
-        pytest.skip(f"the test SLURM cluster did not start:\n{started.stdout}\n{started.stderr[-4000:]}")
+        pytest.fail(f"the test SLURM cluster did not start:\n{started.stdout}\n{started.stderr[-4000:]}")
     try:
         yield state
     finally:

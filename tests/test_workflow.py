@@ -53,6 +53,33 @@ def test_slurm_profile_dry_run_declares_gpu_resources(tmp_path):
     assert "rule rl_train" in out and "gpu=1" in out and "cpus_per_gpu=8" in out
 
 
+def test_the_slurm_profile_sizes_gpu_rules_and_gives_cpu_rules_no_gpu(tmp_path):
+    """Every rule that declares a GPU on a cuda config has gpu, memory and runtime in the profile; every rule that
+    declares none gets no GPU from the profile either (a dry run of the smoke config on cuda, all rules planned)."""
+    from frpo.evals import BENCHMARKS
+
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config["device"] = "cuda"
+    config["rl"]["lambda_star"]["enabled"] = False  # a checkpoint would defer the downstream jobs
+    config["eval"]["benchmarks"] = ["refusal", "over_refusal", "arithmetic"]
+    cfg = tmp_path / "cuda.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(cfg)).stdout
+    declared = {rule: int(gpu) for rule, gpu in
+                re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: [^\n]*?gpu=(\d+)", out, flags=re.M)}
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "profile.yaml").read_text())["set-resources"]
+    gpu_rules = {r for r, g in declared.items() if g > 0}
+    cpu_rules = {r for r, g in declared.items() if g == 0}
+    assert {"rl_train", "finetune", "warmup_sft", "eval_refusal"} <= gpu_rules
+    assert {"prepare_base_model", "merge_lora", "collect_tracking", "table_final"} <= cpu_rules
+    for rule in gpu_rules | {f"eval_{b}" for b in BENCHMARKS}:
+        res = profile.get(rule, {})
+        assert res.get("gpu", 0) >= 1 and res.get("mem_mb", 0) > 0 and res.get("runtime", 0) > 0, (rule, res)
+    for rule in cpu_rules:
+        assert not profile.get(rule, {}).get("gpu"), (rule, profile.get(rule))
+    assert set(profile) <= set(declared) | {f"eval_{b}" for b in BENCHMARKS}, "the profile sizes no unknown rule"
+
+
 def test_every_benchmark_has_its_own_rule_sized_by_the_slurm_profile(tmp_path):
     from frpo.evals import BENCHMARKS
 
