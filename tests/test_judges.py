@@ -109,9 +109,9 @@ def test_registry_builds_by_name_without_loading_models():
     rm = build_judge("rm_rb2")
     mod = build_judge("openai_moderation")
     assert sr.name == "strongreject_finetuned" and sr._model is None and sr.batch_size == 4
-    assert rm._model is None and rm.revision == "2" and "RM-RB2@2" in rm.version
+    assert rm._model is None and rm.revision == "2" and rm.model_id == "allenai/Llama-3.1-8B-Instruct-RM-RB2"
     assert mod.model == "omni-moderation-2024-09-26" and "-latest" not in mod.version
-    assert paper.SR_FINETUNED_TEMPLATE_VERSION in sr.version
+    assert sr._pin is None and rm._pin is None  # building resolves nothing; the version does (tests below)
 
 
 def test_unknown_judge_names_the_known_ones():
@@ -316,13 +316,23 @@ def test_moderation_missing_key(monkeypatch, fake_openai):
     assert srv.requests == []
 
 
-def test_moderation_disk_cache(fake_openai, monkeypatch, tmp_path):
+def test_moderation_disk_cache_is_the_judge_cache(fake_openai, monkeypatch, tmp_path):
+    from frpo.judges.cache import JudgeCache, cache_key
+
     srv, url = fake_openai
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    cache = tmp_path / "mod_cache.jsonl"
-    assert build_judge("openai_moderation", base_url=url, cache_path=cache).harm(["p"], ["a bomb"]) == [0.9]
-    assert build_judge("openai_moderation", base_url=url, cache_path=cache).harm(["p"], ["a bomb"]) == [0.9]
-    assert len(srv.requests) == 1
+    judge = build_judge("openai_moderation", base_url=url, cache_dir=tmp_path)
+    assert judge.harm(["p"], ["a bomb"]) == [0.9]
+    assert build_judge("openai_moderation", base_url=url, cache_dir=tmp_path).harm(["q"], ["a bomb"]) == [0.9]
+    assert len(srv.requests) == 1  # the prompt is not sent, so it is not in the key
+    with JudgeCache(tmp_path) as cache:  # one cache implementation: the evaluations' judge cache reads it
+        assert cache.get_many([cache_key(judge.name, judge.version, "", "a bomb")]) == {
+            cache_key(judge.name, judge.version, "", "a bomb"): {"harm": 0.9, "score": pytest.approx(0.1),
+                                                                 "malformed": False}}
+    other = build_judge("openai_moderation", base_url=url + "/", cache_dir=tmp_path)  # same server, same key
+    assert other.version == judge.version
+    another = build_judge("openai_moderation", base_url=url.replace("/v1", "/v2"))  # another server: another key
+    assert another.version != judge.version
 
 
 def test_post_json_backoff_schedule(fake_openai):
@@ -485,3 +495,92 @@ def test_as_reward_func_accepts_trl_formats():
     completions = [[{"role": "assistant", "content": "a1"}], "a2"]
     assert f(prompts, completions, task=["safety", "safety"]) == [0.75, 0.5]
     assert judge.calls == [(["q1", "q2"], ["a1", "a2"])] and f.__name__ == "safety"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Local judges: the version (the judge-cache key) names the resolved commit and the quantisation
+
+
+def _hub_entry(cache, repo: str, commit: str, files: dict[str, str], ref: str = "main") -> None:
+    """A Hugging Face cache entry as a download leaves it: ``refs/<ref>`` -> commit, ``snapshots/<commit>/``."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / ref).write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (snapshot / name).write_text(text)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def _asked(judge, cache) -> int:
+    """How many pairs the judge-cache lookup had to ask ``judge`` about (its scoring stubbed: no model loads)."""
+    from frpo.judges.cache import cached_score
+
+    asked = []
+    judge.answers = lambda p, r: asked.extend(p) or [{"score": 0.5, "harm": 0.5, "malformed": False} for _ in p]
+    cached_score(judge, ["prompt"], ["response"], cache)
+    return len(asked)
+
+
+A, B, C, D = "a" * 40, "b" * 40, "c" * 40, "d" * 40
+
+
+@pytest.mark.parametrize("name", ["strongreject_finetuned", "harmbench_cls", "rm_rb2"])
+def test_local_judge_key_names_the_resolved_commit(name, hub_cache, tmp_path):
+    from frpo.judges.cache import JudgeCache
+
+    _hub_entry(hub_cache, "org/judge", A, {"config.json": "{}"})
+    cache = JudgeCache(tmp_path / "judge_cache")
+    first = build_judge(name, model="org/judge", revision="main")
+    assert f"org/judge@{A}" in first.version and _asked(first, cache) == 1
+    assert _asked(build_judge(name, model="org/judge", revision="main"), cache) == 0
+    _hub_entry(hub_cache, "org/judge", B, {"config.json": "{}"})  # main moved: another model, another key
+    moved = build_judge(name, model="org/judge", revision="main")
+    assert f"org/judge@{B}" in moved.version and _asked(moved, cache) == 1
+    assert moved.pinned()["revision"] == B  # and that commit is what _load() loads
+    with pytest.raises(JudgeConfigError, match="org/missing"):
+        build_judge(name, model="org/missing").version
+
+
+def test_strongreject_judge_key_names_quantisation_and_the_adapter_base(hub_cache, tmp_path):
+    from frpo.judges.cache import JudgeCache
+
+    _hub_entry(hub_cache, "org/sr", A, {"adapter_config.json": json.dumps({"base_model_name_or_path": "org/base"})})
+    _hub_entry(hub_cache, "org/base", C, {"config.json": "{}"})
+    cache = JudgeCache(tmp_path / "judge_cache")
+    bf16 = build_judge("strongreject_finetuned", model="org/sr", load_in_4bit=False)
+    assert f"org/sr@{A}+base=org/base@{C}:bf16" in bf16.version and _asked(bf16, cache) == 1
+    auto_on_cpu = build_judge("strongreject_finetuned", model="org/sr")  # "auto": 4-bit only with CUDA + bnb
+    assert auto_on_cpu.quantization() == "bf16" and _asked(auto_on_cpu, cache) == 0
+    nf4 = build_judge("strongreject_finetuned", model="org/sr", load_in_4bit=True)
+    assert ":nf4-4bit:" in nf4.version and _asked(nf4, cache) == 1
+    _hub_entry(hub_cache, "org/base", D, {"config.json": "{}"})  # the base moved
+    assert _asked(build_judge("strongreject_finetuned", model="org/sr", load_in_4bit=False), cache) == 1
+    pinned = build_judge("strongreject_finetuned", model="org/sr", base_revision=C, load_in_4bit=False)
+    assert pinned.pinned()["base"]["revision"] == C and _asked(pinned, cache) == 0
+
+
+def test_local_directory_judge_is_keyed_by_its_files_and_loads_what_it_names(tmp_path):
+    from frpo.tiny import save_tiny_model
+
+    words = ["1", "2", "3", "4", "5", "user", "model", "answer"]
+    one = save_tiny_model(tmp_path / "one", words, hidden_size=16, num_heads=2, seed=0)
+    two = save_tiny_model(tmp_path / "two", words, hidden_size=16, num_heads=2, seed=1)
+    judge = build_judge("strongreject_finetuned", model=str(one), device="cpu", load_in_4bit=False,
+                        max_response_tokens=16)
+    before = judge.version
+    assert f"{one}@dir-sha256:" in before
+    harms = judge.harm(["user model"], ["answer"])
+    assert 0.0 <= harms[0] <= 1.0 and judge._model is not None
+    assert judge.version == before and judge.loaded_info["model"] == judge.pinned()["id"]
+    assert build_judge("strongreject_finetuned", model=str(two)).version != before  # other weights, other key

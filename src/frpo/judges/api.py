@@ -303,7 +303,10 @@ class _ChatJudge:
 
     @property
     def version(self) -> str:
-        return f"{self.name}:{self.model}:temperature=0:template={self.template_version}"
+        """Everything that changes the answers (and so the judge-cache key): model snapshot, template, the server
+        (``base_url``) and ``max_tokens``; not the key, concurrency or retry settings."""
+        return (f"{self.name}:{self.model}:temperature=0:template={self.template_version}:base_url={self.base_url}"
+                f":max_tokens={self.max_tokens}")
 
     def _key(self) -> str:
         return resolve_api_key(self.name, self._api_key, self.api_key_env,

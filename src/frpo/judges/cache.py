@@ -1,15 +1,20 @@
 """On-disk judge cache: a rerun costs zero judge calls (API requests, GPU forward passes) for what was judged.
 
 Entries are keyed by ``(judge id, judge version, prompt, response)``. The judge *version* string is the judge's
-``version`` property, which contains everything that changes its answers: model id/snapshot, template version
-(e.g. ``strongreject_rubric@...+sha256:...``), classifier file hash. The stored value is the judge's answer as a
-JSON object: at least ``score`` (a float or ``None`` when malformed), and for labelling/rubric judges ``label``,
-``raw`` (the judge's raw text), ``malformed`` and parsed fields.
+``version`` property, which contains everything that changes its answers: for API judges the model snapshot, the
+template version, the base URL and ``max_tokens``; for local judges the resolved model commit (or the hash of a
+local model directory) and the quantisation; for the MiniLM judge the classifier file hash. The stored value is
+the judge's answer as a JSON object: at least ``score`` (a float), and for labelling/rubric judges ``label``,
+``raw`` (the judge's raw text) and parsed fields. A **malformed** answer is never stored: it is returned to the
+caller, counted, and asked again on the next run.
 
-Storage is one SQLite file (stdlib ``sqlite3``) per cache directory, ``judge_cache.sqlite``; every write is its own
-short transaction and connections wait up to ``timeout`` seconds for a lock, so several processes (ranks, DAG
-jobs) can share one directory. Keys are SHA-256 digests of the JSON-encoded 4-tuple; the judge id, version,
-prompt and response are stored in clear next to the answer for auditing.
+Storage is made for many SLURM jobs sharing one directory on a network filesystem, where file locking (and so
+SQLite) is unreliable. Each :class:`JudgeCache` that writes appends to a shard file of its own,
+``shard-<host>-<pid>-<random>.jsonl``, so no two writers ever touch the same file; readers merge every shard of
+the directory. A batch of answers is appended with one ``write`` on an ``O_APPEND`` descriptor and ``fsync``ed;
+each line is ``<16 hex digits of the SHA-256 of the JSON> <JSON>``, so a line torn by a crash (or a half-written
+line still being written) fails its checksum and is ignored. When two jobs judged the same pair, the earliest
+answer wins (then the smaller shard name), so every reader sees the same answer.
 
 >>> cache = JudgeCache("results/judge_cache")                         # doctest: +SKIP
 >>> answers = cached_score(judge, prompts, responses, cache)          # doctest: +SKIP
@@ -21,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,18 +38,8 @@ from .base import check_pairs
 
 __all__ = ["JudgeCache", "cache_key", "cached_score", "judge_answers"]
 
-CACHE_FILE = "judge_cache.sqlite"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS answers (
-    key TEXT PRIMARY KEY,
-    judge_id TEXT NOT NULL,
-    judge_version TEXT NOT NULL,
-    prompt TEXT NOT NULL,
-    response TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    created REAL NOT NULL
-)
-"""
+SHARD_GLOB = "shard-*.jsonl"
+_CHECK_LEN = 16
 
 
 def cache_key(judge_id: str, judge_version: str, prompt: str, response: str) -> str:
@@ -52,78 +48,138 @@ def cache_key(judge_id: str, judge_version: str, prompt: str, response: str) -> 
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class JudgeCache:
-    """A SQLite-backed ``key -> answer`` store, safe for concurrent processes. ``directory=None`` keeps it in
-    memory only (nothing persists; still deduplicates within the process)."""
+def _checksum(body: bytes) -> bytes:
+    return hashlib.sha256(body).hexdigest()[:_CHECK_LEN].encode("ascii")
 
-    def __init__(self, directory: str | os.PathLike | None, *, timeout: float = 120.0):
+
+def encode_line(record: dict) -> bytes:
+    """One shard line: ``<checksum> <JSON>\\n`` (the JSON has no raw newline)."""
+    body = json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _checksum(body) + b" " + body + b"\n"
+
+
+def decode_line(line: bytes) -> dict | None:
+    """The record of one complete shard line (without its newline), or None when it is torn or corrupt."""
+    check, sep, body = line.partition(b" ")
+    if not sep or len(check) != _CHECK_LEN or _checksum(body) != check:
+        return None
+    try:
+        rec = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or not isinstance(rec.get("answer"), dict):
+        return None
+    return rec
+
+
+class JudgeCache:
+    """A ``key -> answer`` store in append-only shard files, safe for concurrent processes on any filesystem.
+    ``directory=None`` keeps it in memory only (nothing persists; still deduplicates within the process)."""
+
+    def __init__(self, directory: str | os.PathLike | None):
         self.directory = Path(directory).expanduser() if directory is not None else None
-        self.timeout = float(timeout)
         self.hits = 0
         self.misses = 0
+        self.not_stored = 0  # malformed answers returned but not cached
+        self.corrupt_lines = 0
         self._lock = threading.Lock()
+        self._answers: dict[str, dict] = {}
+        self._rank: dict[str, tuple[float, str, int]] = {}  # key -> (created, shard name, line), the winner's
+        self._offsets: dict[str, int] = {}  # shard name -> bytes already read
+        self._lines: dict[str, int] = {}  # shard name -> complete lines already read
+        self._shard: Path | None = None
+        self._fd: int | None = None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.path: str = str(self.directory / CACHE_FILE)
-        else:
-            self.path = ":memory:"
-        self._conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False,
-                                     isolation_level=None)  # autocommit; explicit BEGIN below
-        self._retrying(lambda: self._conn.execute(_SCHEMA))
 
-    def _retrying(self, fn, attempts: int = 5):
-        for i in range(attempts):
+    @property
+    def path(self) -> str:
+        return str(self.directory) if self.directory is not None else ":memory:"
+
+    # -- reading ------------------------------------------------------------------------------------------------
+
+    def _offer(self, rec: dict, shard: str, line: int) -> None:
+        key, rank = rec["key"], (float(rec.get("created", 0.0)), shard, line)
+        if key not in self._rank or rank < self._rank[key]:
+            self._rank[key] = rank
+            self._answers[key] = rec["answer"]
+
+    def _refresh(self) -> None:
+        """Read what was appended to every shard since the last read (new shards included)."""
+        if self.directory is None:
+            return
+        for path in sorted(self.directory.glob(SHARD_GLOB)):
+            name = path.name
+            start = self._offsets.get(name, 0)
             try:
-                return fn()
-            except sqlite3.OperationalError as e:  # "database is locked" past the timeout: back off, retry
-                if "locked" not in str(e) or i + 1 == attempts:
-                    raise
-                time.sleep(0.5 * 2**i)
-        return None
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    data = fh.read()
+            except FileNotFoundError:  # removed by someone cleaning up: nothing to read
+                continue
+            end = data.rfind(b"\n")
+            if end < 0:
+                continue  # nothing complete yet (a writer may be mid-line)
+            base_line = self._lines.get(name, 0)
+            lines = data[:end].split(b"\n")
+            for i, line in enumerate(lines):
+                rec = decode_line(line)
+                if rec is None:
+                    self.corrupt_lines += bool(line)
+                    continue
+                self._offer(rec, name, base_line + i)
+            self._offsets[name] = start + end + 1
+            self._lines[name] = base_line + len(lines)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
-        """The stored answers of those ``keys`` that are present."""
-        out: dict[str, dict] = {}
-        uniq = list(dict.fromkeys(keys))
+        """The stored answers of those ``keys`` that are present (in any shard)."""
         with self._lock:
-            for s in range(0, len(uniq), 500):
-                chunk = uniq[s : s + 500]
-                q = f"SELECT key, answer FROM answers WHERE key IN ({','.join('?' * len(chunk))})"
-                rows = self._retrying(lambda q=q, chunk=chunk: self._conn.execute(q, chunk).fetchall())
-                out.update((k, json.loads(a)) for k, a in rows)
-        return out
+            self._refresh()
+            return {k: self._answers[k] for k in dict.fromkeys(keys) if k in self._answers}
+
+    # -- writing ------------------------------------------------------------------------------------------------
+
+    def _own_shard(self) -> int:
+        if self._fd is None:
+            host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40] or "host"
+            self._shard = self.directory / f"shard-{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
+            self._fd = os.open(self._shard, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        return self._fd
 
     def put_many(self, rows: Sequence[tuple[str, str, str, str, str, dict]]) -> None:
-        """Store ``(key, judge_id, judge_version, prompt, response, answer)`` rows in one transaction. An existing
-        key is kept (first answer wins, so concurrent writers agree)."""
+        """Store ``(key, judge_id, judge_version, prompt, response, answer)`` rows: one append of whole lines to
+        this process's shard, then ``fsync``. An existing key keeps its earlier answer."""
         if not rows:
             return
         now = time.time()
-        data = [(k, j, v, p, r, json.dumps(a, ensure_ascii=False, sort_keys=True), now) for k, j, v, p, r, a in rows]
-
-        def write():
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                cur.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)", data)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-
+        recs = [{"key": k, "judge_id": j, "judge_version": v, "prompt": p, "response": r, "answer": a,
+                 "created": now} for k, j, v, p, r, a in rows]
         with self._lock:
-            self._retrying(write)
+            if self.directory is not None:
+                data = b"".join(encode_line(rec) for rec in recs)
+                fd = self._own_shard()
+                written = 0
+                while written < len(data):  # a short write continues the same lines; readers wait for "\n"
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            for rec in recs:
+                # our own lines rank after anything already read with an earlier time, as a reader would rank them
+                self._offer(rec, self._shard.name if self._shard is not None else "", -1)
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+            self._refresh()
+            return len(self._answers)
 
     def stats(self) -> dict[str, Any]:
-        return {"path": self.path, "hits": self.hits, "misses": self.misses}
+        return {"path": self.path, "hits": self.hits, "misses": self.misses, "not_stored": self.not_stored,
+                "corrupt_lines": self.corrupt_lines}
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self) -> JudgeCache:
         return self
@@ -161,7 +217,8 @@ def cached_score(
     interrupted run keeps its progress. ``cache=None`` calls the judge for every distinct pair.
 
     Each record gets ``"cached": True/False``. Judge failures (HTTP errors after the retries, a missing key)
-    propagate and store nothing for the failed chunk; malformed answers are stored as malformed records.
+    propagate and store nothing for the failed chunk. Malformed answers are returned but **not stored**, so a
+    rerun asks the judge again (``cache.not_stored`` counts them).
     """
     prompts, responses = list(prompts), list(responses)
     check_pairs(prompts, responses)
@@ -180,13 +237,18 @@ def cached_score(
         cache.misses += len(todo)
     fresh: dict[str, dict] = {}
     items = list(todo.items())
-    for s in range(0, len(items), max(1, int(chunk_size))):
-        chunk = items[s : s + max(1, int(chunk_size))]
+    step = max(1, int(chunk_size))
+    for s in range(0, len(items), step):
+        chunk = items[s : s + step]
         answers = judge_answers(judge, [p for _, (p, _r) in chunk], [r for _, (_p, r) in chunk])
         batch = []
         for (k, (p, r)), a in zip(chunk, answers):
             fresh[k] = a
-            batch.append((k, judge_id, version, p, r, a))
+            if a.get("malformed"):
+                if cache is not None:
+                    cache.not_stored += 1
+            else:
+                batch.append((k, judge_id, version, p, r, a))
         if cache is not None:
             cache.put_many(batch)
     out = []

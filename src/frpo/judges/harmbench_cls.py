@@ -23,7 +23,7 @@ import hashlib
 from typing import Any
 
 from .base import JudgeConfigError, JudgeResponseError, check_pairs, register
-from .paper import _commit, _default_device, _mask_positions, wrap_loaded
+from .paper import _default_device, _mask_positions, pin_model, wrap_loaded
 
 __all__ = ["HB_CLS_MODEL", "HB_CLS_PROMPTS", "HB_CLS_TEMPLATE_VERSIONS", "HarmBenchClassifier",
            "parse_next_token"]
@@ -119,6 +119,7 @@ class HarmBenchClassifier:
         self.batch_size = int(batch_size)
         self._model = None
         self._tok = None
+        self._pin: dict | None = None
         self.loaded_info: dict[str, Any] = {}
 
     @classmethod
@@ -126,10 +127,15 @@ class HarmBenchClassifier:
         """Wrap an already loaded causal LM + tokenizer (tests, custom placement)."""
         return wrap_loaded(cls, model, tokenizer, **options)
 
+    def pinned(self) -> dict:
+        """The resolved commit (or local-directory hash) that :meth:`_load` loads (:func:`pin_model`)."""
+        if self._pin is None:
+            self._pin = pin_model(self.model_id, self.revision)
+        return self._pin
+
     @property
     def version(self) -> str:
-        rev = self.revision or "main"
-        return (f"{self.name}:{self.model_id}@{rev}:{self.dtype}:clip-{self.num_tokens}:next-token-argmax"
+        return (f"{self.name}:{self.pinned()['id']}:{self.dtype}:clip-{self.num_tokens}:next-token-argmax"
                 f":template={self.template_version}")
 
     @staticmethod
@@ -147,12 +153,13 @@ class HarmBenchClassifier:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = self.device or _default_device()
-        tok = AutoTokenizer.from_pretrained(self.model_id, revision=self.revision, use_fast=False,
+        pin = self.pinned()
+        tok = AutoTokenizer.from_pretrained(pin["path"], revision=pin["revision"], use_fast=False,
                                             truncation_side="left", padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision,
+        model = AutoModelForCausalLM.from_pretrained(pin["path"], revision=pin["revision"],
                                                      dtype=getattr(torch, self.dtype)).to(device)
         self._model, self._tok = self._prepare(model, tok)
-        self.loaded_info = {"device": device, "commit": _commit(model)}
+        self.loaded_info = {"device": device, "model": pin["id"]}
 
     def clip(self, generation: str) -> str:
         """Keep the first ``num_tokens`` classifier tokens of ``generation`` (HarmBench: right truncation)."""

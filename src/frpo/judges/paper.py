@@ -19,7 +19,10 @@ Deliberate deviations from the public FRPO code, each an option that can restore
   passed none, and spec §5 item 8 calls the same omission a bug in its KL code). Gemma uses RoPE, whose attention
   scores depend only on relative positions, so for this judge the change is at rounding level (checked on a tiny
   RoPE model: identical scores); ``mask_position_ids=False`` reproduces the original call exactly;
-* the moderation model is a dated snapshot, and moderation failures are retried with backoff, then raised.
+* the moderation model is a dated snapshot, and moderation failures are retried with backoff, then raised;
+* the local judges resolve their revision to a commit (and an adapter's base model to its own) before loading,
+  put it in ``version`` (the judge-cache key) and load exactly that commit (:func:`pin_model`); FRPO loaded
+  whatever the path or branch held.
 
 Importing this module imports neither torch nor transformers; models load on the first ``score()``.
 """
@@ -44,6 +47,7 @@ from .base import (
     register,
     required_env,
 )
+from .cache import JudgeCache, cached_score
 from .http import api_key_env, openai_base_url, post_json, resolve_api_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,16 +136,60 @@ def _mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def pin_model(model_id: str, revision: str | None = None) -> dict:
+    """What exactly a local judge will load, resolved **before** loading, so that its ``version`` (and so its
+    judge-cache key) is complete and the same before and after the load, and the load cannot drift from it:
+
+    * a local directory: ``{"path": dir, "revision": None, "id": "<dir>@dir-sha256:<16 hex>"}``, the hash over its
+      weight and config files (:func:`frpo.evals.model_fingerprint`);
+    * a Hub id: the commit that ``revision`` (default: the main branch) resolves to now, from the local Hugging Face
+      cache when offline: ``{"path": id, "revision": <commit>, "id": "<id>@<commit>"}``; load with that revision.
+
+    A PEFT adapter (an ``adapter_config.json``) also gets ``"base"``, the pin of the base model it names (at its
+    main branch, or ``base_revision`` given to :func:`pin_adapter_base`). :class:`JudgeConfigError` when a Hub id
+    cannot be resolved (offline and not cached, unknown repo)."""
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        from ..evals import model_fingerprint  # the one model-directory hash (evals imports judges: lazily here)
+
+        return {"path": str(local), "revision": None, "id": f"{local}@dir-sha256:{model_fingerprint(local)}",
+                "config_dir": local}
+    try:
+        from huggingface_hub import resolve_revision, snapshot_download
+
+        commit = resolve_revision(model_id, revision=revision).resolved
+        snapshot = Path(snapshot_download(model_id, revision=commit, allow_patterns=["*.json"]))
+    except Exception as e:  # offline and not cached, unknown or gated repo, ...
+        raise JudgeConfigError(
+            f"judge model {model_id!r} (revision {revision or 'main'!r}): cannot resolve it to a commit, which the "
+            f"judge cache key needs ({type(e).__name__}: {str(e)[:300]}); download it first or give a local "
+            "directory") from None
+    return {"path": model_id, "revision": commit, "id": f"{model_id}@{commit}", "config_dir": snapshot}
+
+
+def pin_adapter_base(pin: dict, base_revision: str | None = None) -> dict:
+    """``pin`` with ``"base"`` (the pin of the base model an adapter names) when it is a PEFT adapter, else with
+    ``"base": None``; the ``id`` then names both."""
+    cfg = Path(pin["config_dir"]) / "adapter_config.json"
+    if not cfg.is_file():
+        return {**pin, "base": None}
+    base_id = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    if not base_id:
+        raise JudgeConfigError(f"{cfg}: an adapter config without base_model_name_or_path")
+    base = pin_model(base_id, base_revision)
+    return {**pin, "base": base, "id": f"{pin['id']}+base={base['id']}"}
+
+
 def wrap_loaded(cls: type, model: Any, tokenizer: Any, **options: Any) -> Any:
-    """A judge of class ``cls`` around an already loaded model and tokenizer, passed through ``cls._prepare``."""
-    judge = cls(model=getattr(getattr(model, "config", None), "_name_or_path", "in-memory"), **options)
+    """A judge of class ``cls`` around an already loaded model and tokenizer, passed through ``cls._prepare``. Its
+    pin (version) names the loaded model's path and commit as the model reports them."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory"
+    judge = cls(model=name, **options)
     judge._model, judge._tok = judge._prepare(model, tokenizer)
+    judge._pin = {"path": name, "revision": None, "base": None,
+                  "id": f"{name}@{getattr(model.config, '_commit_hash', None) or 'as-loaded'}"}
     judge.loaded_info = {"device": str(next(model.parameters()).device)}
     return judge
-
-
-def _commit(model: Any) -> str | None:
-    return getattr(getattr(model, "config", None), "_commit_hash", None)
 
 
 @register("strongreject_finetuned")
@@ -178,6 +226,8 @@ class StrongRejectFinetunedJudge:
         self._model = None
         self._tok = None
         self._ids: list[int] | None = None
+        self._pin: dict | None = None
+        self._quant: str | None = None
         self.loaded_info: dict[str, Any] = {}
 
     @classmethod
@@ -185,8 +235,20 @@ class StrongRejectFinetunedJudge:
         """Wrap an already loaded causal LM + tokenizer (tests, or a caller that manages devices itself)."""
         judge = wrap_loaded(cls, model, tokenizer, **options)
         judge._ids = judge._score_ids(tokenizer)
-        judge.loaded_info["quantization"] = "as-given"
+        judge._quant = "as-given"
         return judge
+
+    def pinned(self) -> dict:
+        """The adapter's (and its base model's) resolved commits: what :meth:`_load` loads (:func:`pin_model`)."""
+        if self._pin is None:
+            self._pin = pin_adapter_base(pin_model(self.model_id, self.revision), self.base_revision)
+        return self._pin
+
+    def quantization(self) -> str:
+        """``nf4-4bit`` (bf16 compute) or ``bf16``, decided before loading; ``as-given`` for a wrapped model."""
+        if self._quant is None:
+            self._quant = "nf4-4bit" if self._use_4bit() else "bf16"
+        return self._quant
 
     @staticmethod
     def _prepare(model: Any, tok: Any) -> tuple[Any, Any]:
@@ -197,11 +259,11 @@ class StrongRejectFinetunedJudge:
 
     @property
     def version(self) -> str:
-        quant = self.loaded_info.get("quantization", f"4bit={self.load_in_4bit}")
-        rev = self.loaded_info.get("commit") or self.revision or "main"
+        """Everything that changes its scores: resolved model (and base) commits, quantisation, truncation,
+        positions, template. The same before and after loading (it is the judge-cache key)."""
         pos = "maskpos" if self.mask_position_ids else "nopos"
-        return (f"{self.name}:{self.model_id}@{rev}:{quant}:trunc-left-{self.max_response_tokens}:{pos}"
-                f":template={SR_FINETUNED_TEMPLATE_VERSION}")
+        return (f"{self.name}:{self.pinned()['id']}:{self.quantization()}:trunc-left-{self.max_response_tokens}"
+                f":{pos}:template={SR_FINETUNED_TEMPLATE_VERSION}")
 
     @staticmethod
     def _score_ids(tok: Any) -> list[int]:
@@ -227,34 +289,33 @@ class StrongRejectFinetunedJudge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = self.device or _default_device()
+        pin, quant = self.pinned(), self.quantization()
         tok = AutoTokenizer.from_pretrained(
-            self.model_id, revision=self.revision, padding_side="left", truncation_side="left"
+            pin["path"], revision=pin["revision"], padding_side="left", truncation_side="left"
         )
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        quant = "bf16"
-        if self._use_4bit():
+        if quant == "nf4-4bit":
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
             )
             kwargs["device_map"] = {"": device}
-            quant = "nf4-4bit"
-        if self.base_revision is not None:  # explicit PEFT path: pin the Gemma base as well as the adapter
-            from peft import PeftConfig, PeftModel
+        if pin["base"] is not None:  # a PEFT adapter (the FRPO judge): its base and itself, each at its pinned commit
+            from peft import PeftModel
 
-            base_id = PeftConfig.from_pretrained(self.model_id, revision=self.revision).base_model_name_or_path
-            base = AutoModelForCausalLM.from_pretrained(base_id, revision=self.base_revision, **kwargs)
-            model = PeftModel.from_pretrained(base, self.model_id, revision=self.revision)
-        else:  # as FRPO: transformers resolves the adapter repo and its base model itself
-            model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision, **kwargs)
+            base = AutoModelForCausalLM.from_pretrained(pin["base"]["path"], revision=pin["base"]["revision"],
+                                                        **kwargs)
+            model = PeftModel.from_pretrained(base, pin["path"], revision=pin["revision"])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(pin["path"], revision=pin["revision"], **kwargs)
         if "device_map" not in kwargs:
             model = model.to(device)
         self._model, self._tok = self._prepare(model, tok)
         self._ids = self._score_ids(tok)
-        self.loaded_info = {"quantization": quant, "device": device, "commit": _commit(model)}
+        self.loaded_info = {"quantization": quant, "device": device, "model": pin["id"]}
 
     def _last_logits(self, enc: dict) -> torch.Tensor:
         kwargs = dict(enc)
@@ -340,7 +401,7 @@ class OpenAIModerationJudge:
         max_backoff: float = 30.0,
         timeout: float = 60.0,
         cache: bool = True,
-        cache_path: str | Path | None = None,
+        cache_dir: str | Path | None = None,
     ):
         if model.endswith("-latest"):
             import warnings
@@ -354,33 +415,19 @@ class OpenAIModerationJudge:
         self._api_key = api_key
         self.batch_size = int(batch_size)
         self.retries, self.backoff, self.max_backoff, self.timeout = int(retries), backoff, max_backoff, timeout
-        self.cache_enabled = cache
-        self.cache_path = Path(cache_path) if cache_path else None
-        self._cache: dict[str, float] | None = None
+        # the one judge cache (frpo.judges.cache): in memory by default, on disk in ``cache_dir``, none if not cache
+        self._cache = JudgeCache(cache_dir) if cache else None
         self._lock = threading.Lock()
         self.calls = 0
         self.last_reported_model: str | None = None
 
     @property
     def version(self) -> str:
-        return f"{self.name}:{self.model}:max_category_score"
+        return f"{self.name}:{self.model}:max_category_score:base_url={self.base_url}"
 
     def _key(self) -> str:
         return resolve_api_key(self.name, self._api_key, self.api_key_env,
                                f". The paper's safety reward calls {self.base_url}/moderations.")
-
-    def _cache_key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.model}\0{text}".encode()).hexdigest()
-
-    def _load_cache(self) -> dict[str, float]:
-        if self._cache is None:
-            self._cache = {}
-            if self.cache_path is not None and self.cache_path.is_file():
-                for line in self.cache_path.read_text().splitlines():
-                    if line.strip():
-                        row = json.loads(line)
-                        self._cache[row["key"]] = float(row["harm"])
-        return self._cache
 
     def _request(self, texts: list[str]) -> list[float]:
         doc = post_json(
@@ -394,32 +441,31 @@ class OpenAIModerationJudge:
             self.last_reported_model = doc.get("model")
         return parse_moderation_response(doc, len(texts))
 
+    def _uncached_harm(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return self._request(list(responses))
+
     def harm(self, prompts: list[str], responses: list[str]) -> list[float]:
-        """s_mod in [0, 1] per pair: max category score of the **response** only (the prompt is not sent)."""
+        """s_mod in [0, 1] per pair: max category score of the **response** only (the prompt is not sent), each
+        distinct response asked once, in requests of ``batch_size``, through the judge cache."""
         check_pairs(prompts, responses)
         if not responses:
             return []
         self._key()  # fail before any work if the key is missing
         with self._lock:
-            cache = self._load_cache() if self.cache_enabled else {}
-            keys = [self._cache_key(r) for r in responses]
-            todo = list(dict.fromkeys(r for r, k in zip(responses, keys) if k not in cache))
-            fresh: dict[str, float] = {}
-            for s in range(0, len(todo), self.batch_size):
-                chunk = todo[s : s + self.batch_size]
-                fresh.update(zip((self._cache_key(t) for t in chunk), self._request(chunk)))
-            if self.cache_enabled:
-                cache.update(fresh)
-                if self.cache_path is not None and fresh:
-                    self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                    with self.cache_path.open("a") as f:
-                        for k, v in fresh.items():
-                            f.write(json.dumps({"key": k, "model": self.model, "harm": v}) + "\n")
-            out = [fresh[k] if k in fresh else cache[k] for k in keys]
-        return check_scores(out, len(responses), self.name)
+            # the prompt is not part of the request, so it is not part of the key either
+            answers = cached_score(_Requests(self), [""] * len(responses), responses, self._cache,
+                                   chunk_size=self.batch_size)
+        return check_scores([a["harm"] for a in answers], len(responses), self.name)
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         return [1.0 - h for h in self.harm(prompts, responses)]
+
+
+class _Requests:
+    """The moderation endpoint without a cache, as :func:`cached_score` asks a judge: same name and version."""
+
+    def __init__(self, judge: OpenAIModerationJudge):
+        self.name, self.version, self.harm = judge.name, judge.version, judge._uncached_harm
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -506,6 +552,7 @@ class RMRB2Judge:
         self.attn_implementation = attn_implementation
         self._model = None
         self._tok = None
+        self._pin: dict | None = None
         self.loaded_info: dict[str, Any] = {}
 
     @classmethod
@@ -513,10 +560,14 @@ class RMRB2Judge:
         """Wrap an already loaded sequence-classification model + tokenizer (tests, custom placement)."""
         return wrap_loaded(cls, model, tokenizer, **options)
 
+    def pinned(self) -> dict:
+        if self._pin is None:
+            self._pin = pin_model(self.model_id, self.revision)
+        return self._pin
+
     @property
     def version(self) -> str:
-        rev = self.loaded_info.get("commit") or self.revision
-        return f"{self.name}:{self.model_id}@{rev}:bf16:chat[user,assistant]:sigmoid"
+        return f"{self.name}:{self.pinned()['id']}:bf16:chat[user,assistant]:sigmoid"
 
     @staticmethod
     def _prepare(model: Any, tok: Any) -> tuple[Any, Any]:
@@ -536,13 +587,14 @@ class RMRB2Judge:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         device = self.device or _default_device()
-        kwargs: dict[str, Any] = {"revision": self.revision, "dtype": torch.bfloat16}
+        pin = self.pinned()
+        kwargs: dict[str, Any] = {"revision": pin["revision"], "dtype": torch.bfloat16}
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        model = AutoModelForSequenceClassification.from_pretrained(self.model_id, **kwargs).to(device)
-        tok = AutoTokenizer.from_pretrained(self.model_id, revision=self.revision)
+        model = AutoModelForSequenceClassification.from_pretrained(pin["path"], **kwargs).to(device)
+        tok = AutoTokenizer.from_pretrained(pin["path"], revision=pin["revision"])
         self._model, self._tok = self._prepare(model, tok)
-        self.loaded_info = {"device": device, "commit": _commit(model)}
+        self.loaded_info = {"device": device, "model": pin["id"]}
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         import torch
