@@ -11,11 +11,13 @@ import json
 import multiprocessing as mp
 from pathlib import Path
 
+import cache_writer
 import pytest
 
-from frpo.evals import harmbench, strongreject
+from frpo.evals import generations_path, harmbench, model_fingerprint, run_eval, strongreject
 from frpo.io import sha256_file
-from frpo.judges import JudgeConfigError, JudgeResponseError, build_judge, required_env
+from frpo.stats import bootstrap_ci
+from frpo.judges import JudgeConfigError, JudgeHTTPError, JudgeResponseError, build_judge, required_env
 from frpo.judges import api, harmbench_cls
 from frpo.judges.cache import JudgeCache, cache_key, cached_score
 
@@ -137,8 +139,9 @@ def test_registry_and_required_env():
     j = build_judge("gpt4o_harmbench")
     assert j.model == "gpt-4o-2024-11-20" and api.GPT4O_HARMBENCH_TEMPLATE_VERSION in j.version
     assert build_judge("strongreject_rubric").model == "gpt-4o-2024-11-20"
-    cls = build_judge("harmbench_cls")
-    assert cls._model is None and "cais/HarmBench-Llama-2-13b-cls" in cls.version and "eval_utils" in cls.version
+    cls = build_judge("harmbench_cls")  # its version resolves the model's commit: see test_judges.py
+    assert cls._model is None and cls.model_id == "cais/HarmBench-Llama-2-13b-cls"
+    assert cls.template_version == harmbench_cls.HB_CLS_TEMPLATE_VERSIONS["eval_utils"]
 
 
 @pytest.mark.parametrize("model", ["gpt-4o", "chatgpt-4o-latest", "gpt-4o-mini"])
@@ -205,9 +208,10 @@ def test_cached_score_calls_only_for_misses(tmp_path):
     assert judge.pairs == [("a", "x"), ("b", "yy"), ("c", "zzz")]  # the duplicate pair was asked once
     assert [a["score"] for a in first] == [0.01, 0.02, 0.01, 0.03] and not any(a["cached"] for a in first)
     judge.pairs.clear()
-    with JudgeCache(tmp_path / "c") as cache:  # a new process would see the same file
+    with JudgeCache(tmp_path / "c") as cache:  # a new process would see the same files
         again = cached_score(judge, prompts + ["d"], responses + ["w"], cache)
-        assert cache.stats() == {"path": str(tmp_path / "c" / "judge_cache.sqlite"), "hits": 4, "misses": 1}
+        assert cache.stats() == {"path": str(tmp_path / "c"), "hits": 4, "misses": 1, "not_stored": 0,
+                                 "corrupt_lines": 0}
         assert len(cache) == 4
     assert judge.pairs == [("d", "w")]
     assert [a["score"] for a in again[:4]] == [a["score"] for a in first] and all(a["cached"] for a in again[:4])
@@ -218,25 +222,76 @@ def test_cached_score_calls_only_for_misses(tmp_path):
     assert cache_key("j", "v", "p", "r") != cache_key("j", "v", "p\0", "r") != cache_key("j", "v2", "p", "r")
 
 
-def _writer(directory, worker):
-    with JudgeCache(directory, timeout=30) as cache:
-        for i in range(20):
-            cache.put_many([(cache_key("j", "v", f"p{worker}-{i}", "r"), "j", "v", f"p{worker}-{i}", "r",
-                             {"score": i / 20})])
-
-
 def test_cache_is_safe_for_concurrent_processes(tmp_path):
+    """Several processes write the same cache directory at once: each appends to a shard of its own (no shared
+    file to lock, as a network filesystem needs), and a reader merges them all, nothing lost or corrupt."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w)) for w in range(3)]
+    start, n, workers = ctx.Event(), 60, 4
+    procs = [ctx.Process(target=cache_writer.write, args=(str(tmp_path), w, n, start)) for w in range(workers)]
     for p in procs:
         p.start()
+    start.set()
     for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * workers
+    shards = sorted(tmp_path.glob("shard-*.jsonl"))
+    assert len(shards) == workers and all(f"-{p.pid}-" in " ".join(s.name for s in shards) for p in procs)
     with JudgeCache(tmp_path) as cache:
-        assert len(cache) == 60
-        got = cache.get_many([cache_key("j", "v", "p2-19", "r")])
-        assert list(got.values()) == [{"score": 0.95}]
+        assert len(cache) == workers * n + n and cache.corrupt_lines == 0
+        got = cache.get_many([cache_key("j", "v", f"p{w}-{k}", "r") for w in range(workers) for k in range(n)])
+        assert len(got) == workers * n
+        assert all(got[cache_key("j", "v", f"p{w}-{k}", "r")] == {"score": k / n, "worker": w}
+                   for w in range(workers) for k in range(n))
+        shared = cache.get_many([cache_key("j", "v", f"shared-{k}", "r") for k in range(n)])
+    with JudgeCache(tmp_path) as other:  # every reader picks the same answer for a key written by several jobs
+        assert other.get_many(list(shared)) == shared
+
+
+def test_cache_ignores_torn_and_corrupt_lines(tmp_path):
+    with JudgeCache(tmp_path) as cache:
+        cache.put_many([(cache_key("j", "v", "p", "r"), "j", "v", "p", "r", {"score": 1.0})])
+    shard = next(tmp_path.glob("shard-*.jsonl"))
+    good = shard.read_bytes()
+    flipped = good.replace(b'"score":1.0', b'"score":0.0')  # same length, checksum no longer matches
+    (tmp_path / "shard-x-1-a.jsonl").write_bytes(flipped)
+    (tmp_path / "shard-x-2-b.jsonl").write_bytes(good[: len(good) // 2])  # a writer killed mid-line
+    other = JudgeCache(tmp_path)
+    assert other.get_many([cache_key("j", "v", "p", "r")]) == {cache_key("j", "v", "p", "r"): {"score": 1.0}}
+    assert other.corrupt_lines == 1 and len(other) == 1
+    with open(tmp_path / "shard-x-2-b.jsonl", "ab") as fh:  # the torn line is completed later: read then
+        fh.write(good[len(good) // 2 :])
+    assert len(other) == 1 and other.corrupt_lines == 1
+
+
+class FlakyRubricJudge:
+    """Malformed for "bad" until ``fixed``; counts the pairs it is asked about."""
+
+    name, version = "flaky", "flaky:v1"
+
+    def __init__(self):
+        self.fixed, self.asked = False, []
+
+    def answers(self, prompts, responses):
+        self.asked += list(prompts)
+        return [{"harm": None, "score": None, "malformed": True, "raw": "?"} if p == "bad" and not self.fixed
+                else {"harm": 0.25, "score": 0.75, "malformed": False} for p in prompts]
+
+
+def test_a_malformed_answer_is_not_cached_and_is_asked_again(tmp_path):
+    judge = FlakyRubricJudge()
+    with JudgeCache(tmp_path) as cache:
+        first = cached_score(judge, ["ok", "bad"], ["r", "r"], cache)
+        assert [a["malformed"] for a in first] == [False, True]
+    judge.fixed, judge.asked = True, []
+    with JudgeCache(tmp_path) as cache:
+        again = cached_score(judge, ["ok", "bad"], ["r", "r"], cache)
+    assert judge.asked == ["bad"], "the malformed answer was asked again, the good one came from the cache"
+    assert cache.stats()["not_stored"] == 0 and cache.stats()["misses"] == 1
+    assert [a["cached"] for a in again] == [True, False] and again[1]["harm"] == 0.25
+    judge.asked = []
+    with JudgeCache(tmp_path) as cache:
+        cached_score(judge, ["ok", "bad"], ["r", "r"], cache)
+    assert judge.asked == []
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -290,9 +345,9 @@ def _cfg(tmp_path, url, **judge_options):
         "device": "cpu",
         "generation": {"max_new_tokens": 6, "batch_size": 4},
         "judge_cache_dir": str(tmp_path / "judge_cache"),
-        "harmbench": {"behaviors": str(HB_CSV), "subset": 4, "seed": 3,
+        "harmbench": {"behaviors": str(HB_CSV), "subset": 4, "seed": 3, "max_new_tokens": 6,
                       "judge": {"name": "gpt4o_harmbench", "options": {"base_url": url, **judge_options}}},
-        "strongreject": {"dataset": "small", "datasets": {"small": str(SR_CSV)},
+        "strongreject": {"dataset": "small", "datasets": {"small": str(SR_CSV)}, "max_new_tokens": 6,
                          "judge": {"name": "strongreject_rubric", "options": {"base_url": url, **judge_options}}},
     }
 
@@ -304,7 +359,8 @@ def test_harmbench_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_mod
     res = harmbench.evaluate(tiny_model, cfg)
     idx = harmbench.fixed_subset(5, 4, 3)
     ids = [harmbench.load_behaviors(HB_CSV)[i]["id"] for i in idx]
-    assert [s["id"] for s in res["samples"]] == ids and res["subset"]["indices"] == idx and res["n"] == 4
+    assert [s["id"] for s in res["samples"]] == ids and res["subset_indices"] == idx and res["n"] == 4
+    assert res["subset"] == 4 and res["subset_seed"] == 3
     assert len(srv.requests) == 4
     body = srv.requests[0]["body"]
     assert srv.requests[0]["path"] == "/v1/chat/completions" and srv.requests[0]["auth"] == "Bearer sk-test"
@@ -319,25 +375,28 @@ def test_harmbench_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_mod
         assert s["malformed"] == (i == "placeholder_umbrella_prank")
         n_mal += s["malformed"]
         assert s["cached"] is False
-    assert res["n_malformed"] == n_mal and res["on_malformed"] == "count_as_refusal"
+    assert res["n_malformed"] == n_mal and res["on_malformed"] == "count_as_refusal" and res["n_excluded"] == 0
     assert res["value"] == pytest.approx(sum(s["refused"] for s in res["samples"]) / 4)
+    assert res["n_scored"] == 4 and res["ci95"][0] <= res["value"] <= res["ci95"][1]
+    assert res["ci95"] == list(bootstrap_ci([float(s["refused"]) for s in res["samples"]]))
     assert res["asr"] == pytest.approx(1 - res["value"])
     assert res["dataset"]["sha256"] == sha256_file(HB_CSV) and res["dataset"]["n_available"] == 5
     assert res["judge"]["template_version"] == api.GPT4O_HARMBENCH_TEMPLATE_VERSION
     assert res["generation"]["backend"] == "transformers" and res["generation"]["max_new_tokens"] == 6
+    assert res["generation"]["max_new_tokens_from"] == "section"
     assert n_mal == 1  # the fixed subset includes the malformed umbrella row
     assert by_id["placeholder_umbrella_prank"]["judge"]["raw"]
 
-    again = harmbench.evaluate(tiny_model, cfg)  # the cache answers everything
-    assert len(srv.requests) == 4, "a rerun must make zero judge HTTP calls"
-    assert again["judge_cache"]["hits"] == 4 and again["judge_cache"]["misses"] == 0
-    assert all(s["cached"] for s in again["samples"])
+    again = harmbench.evaluate(tiny_model, cfg)  # the cache answers all but the malformed answer
+    assert len(srv.requests) == 5, "a rerun asks the judge only about the malformed answer, which is not cached"
+    assert again["judge_cache"]["hits"] == 3 and again["judge_cache"]["misses"] == 1
+    assert [s["cached"] for s in again["samples"]] == [not s["malformed"] for s in again["samples"]]
     assert again["value"] == res["value"] and [s["response"] for s in again["samples"]] == \
         [s["response"] for s in res["samples"]]
 
     cfg["harmbench"]["on_malformed"] = "exclude"
     excl = harmbench.evaluate(tiny_model, cfg)
-    assert excl["n_scored"] == 4 - n_mal and len(srv.requests) == 4
+    assert excl["n_scored"] == 4 - n_mal and excl["n_excluded"] == n_mal and len(srv.requests) == 6
     cfg["harmbench"]["on_malformed"] = "raise"
     with pytest.raises(JudgeResponseError, match="malformed"):
         harmbench.evaluate(tiny_model, cfg)
@@ -350,7 +409,8 @@ def test_harmbench_tools_mode_and_whole_set(fake_chat, tiny_model, tmp_path, mon
     cfg["harmbench"]["subset"] = None
     cfg["harmbench"]["on_malformed"] = "exclude"
     res = harmbench.evaluate(tiny_model, cfg)
-    assert res["n"] == 5 and res["n_malformed"] == 1 and res["n_scored"] == 4
+    assert res["n"] == 5 and res["n_malformed"] == 1 and res["n_scored"] == 4 and res["n_excluded"] == 1
+    assert res["subset"] is None and res["subset_indices"] is None
     assert res["value"] == pytest.approx(3 / 4)  # lock -> Yes (not refused); 3 others -> No
     assert "tool_choice" in srv.requests[0]["body"] and len(srv.requests) == 5
 
@@ -364,8 +424,9 @@ def test_strongreject_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_
     assert srv.requests[0]["body"]["messages"][0]["content"] == api.SR_RUBRIC_SYSTEM
     assert srv.requests[0]["body"]["temperature"] == 0.0
     scores = {s["prompt"].split()[-1]: s["score"] for s in res["samples"]}
-    assert res["n_malformed"] == 1 and res["n_scored"] == 2
+    assert res["n_malformed"] == 1 and res["n_scored"] == 2 and res["n_excluded"] == 1
     assert res["value"] == pytest.approx((5 / 8 + 0.0) / 2)
+    assert res["ci95"] == pytest.approx([0.0, 5 / 8]) and res["subset"] is None
     mal = next(s for s in res["samples"] if s["malformed"])
     assert mal["score"] is None and mal["judge"]["raw"] == "I cannot grade this."
     assert sorted(v for v in scores.values() if v is not None) == [0.0, 5 / 8]
@@ -373,8 +434,8 @@ def test_strongreject_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_
     assert res["judge"]["template_version"] == api.SR_RUBRIC_TEMPLATE_VERSION
 
     again = strongreject.evaluate(tiny_model, cfg)
-    assert len(srv.requests) == 3, "a rerun must make zero judge HTTP calls"
-    assert again["value"] == res["value"] and again["judge_cache"]["misses"] == 0
+    assert len(srv.requests) == 4, "a rerun asks the judge only about the malformed answer, which is not cached"
+    assert again["value"] == res["value"] and again["judge_cache"]["misses"] == 1
 
     cfg["strongreject"]["on_malformed"] = "raise"
     with pytest.raises(JudgeResponseError):
@@ -450,3 +511,145 @@ def test_harmbench_with_the_demo_cpu_judge(tiny_model, tmp_path):
     again = harmbench.evaluate(tiny_model, cfg)
     assert again["judge_cache"] == {**again["judge_cache"], "hits": 4, "misses": 0}
     assert again["value"] == res["value"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generation length, saved completions
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("module", [harmbench, strongreject])
+def test_judged_benchmarks_generate_512_tokens_unless_their_own_section_says(module, tiny_model, tmp_path,
+                                                                               monkeypatch):
+    """Not the global eval.generation.max_new_tokens (6 here, 32 in the demo): HarmBench's protocol length."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    seen, sources = [], []
+
+    def generation(model_path, cfg, prompts, settings):
+        seen.append(settings["max_new_tokens"])
+        sources.append(settings.get("max_new_tokens_from"))
+        raise _Stop
+
+    monkeypatch.setattr(harmbench, "run_generation", generation)
+    cfg = _cfg(tmp_path, "http://127.0.0.1:9/v1")
+    section = cfg[module.__name__.rpartition(".")[2]]
+    del section["max_new_tokens"]
+    with pytest.raises(_Stop):
+        module.evaluate(tiny_model, cfg)
+    section["max_new_tokens"] = 40
+    with pytest.raises(_Stop):
+        module.evaluate(tiny_model, cfg)
+    assert seen == [512, 40]
+    assert sources == ["protocol", "section"]  # recorded in the result's generation settings
+
+
+def test_a_judge_failure_loses_no_generations(fake_http, tiny_model, tmp_path, monkeypatch):
+    """The completions are saved before judging; a rerun after a judge failure generates nothing again, and a rerun
+    with other generation settings or another model does."""
+    import shutil
+
+    state = {"down": True}
+
+    def reply(server, body):
+        return (503, b'{"error": "overloaded"}') if state["down"] else _chat_reply(server, body)
+
+    srv, url = fake_http(reply)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    calls = []
+    real = harmbench.run_generation
+
+    def counting(model_path, *args):
+        calls.append(str(model_path))
+        return real(model_path, *args)
+
+    monkeypatch.setattr(harmbench, "run_generation", counting)
+    cfg = _cfg(tmp_path, url, retries=0)
+    out = tmp_path / "eval" / "strongreject.json"
+    with pytest.raises(JudgeHTTPError):
+        run_eval("strongreject", tiny_model, cfg, out)
+    saved = generations_path(out)
+    assert len(calls) == 1 and not out.exists() and saved.is_file()
+    lines = [json.loads(x) for x in saved.read_text().splitlines()]
+    assert lines[0]["model_sha256_16"] == model_fingerprint(tiny_model) and lines[0]["n"] == 3
+    assert lines[0]["generation"]["max_new_tokens"] == 6 and [x["i"] for x in lines[1:]] == [0, 1, 2]
+
+    state["down"] = False
+    res = run_eval("strongreject", tiny_model, cfg, out)
+    assert len(calls) == 1, "the rerun reused the saved completions instead of generating again"
+    assert res["generations"] == {"path": str(saved), "reused": True}
+    assert [s["response"] for s in res["samples"]] == [x["response"] for x in lines[1:]]
+    assert res["n_scored"] == 2 and res["n_excluded"] == 1
+
+    cfg["strongreject"]["max_new_tokens"] = 5  # other generation settings: generate again
+    assert run_eval("strongreject", tiny_model, cfg, out)["generations"]["reused"] is False and len(calls) == 2
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_model, other)
+    gen_cfg = other / "generation_config.json"
+    gen_cfg.write_text(json.dumps({**json.loads(gen_cfg.read_text()), "note": "another model"}))
+    assert run_eval("strongreject", other, cfg, out)["generations"]["reused"] is False and len(calls) == 3
+    cfg["strongreject"]["subset"] = 2  # other prompts: generate again
+    assert run_eval("strongreject", other, cfg, out)["generations"]["reused"] is False and len(calls) == 4
+    assert run_eval("strongreject", other, cfg, out)["generations"]["reused"] is True and len(calls) == 4
+
+
+@pytest.mark.parametrize("name", ["strongreject_rubric", "gpt4o_harmbench"])
+def test_api_judge_key_names_base_url_and_max_tokens(name, fake_http, tmp_path, monkeypatch):
+    srv_a, url_a = fake_http(_chat_reply)
+    srv_b, url_b = fake_http(_chat_reply)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+    def cached(**options):
+        with JudgeCache(tmp_path) as cache:
+            return cached_score(build_judge(name, **options), ["the moon"], ["r"], cache)[0]["cached"]
+
+    assert cached(base_url=url_a) is False and len(srv_a.requests) == 1
+    assert cached(base_url=url_a + "/", concurrency=2, retries=1) is True  # not what changes answers
+    assert cached(base_url=url_b) is False and len(srv_b.requests) == 1  # another server
+    assert cached(base_url=url_a, max_tokens=64) is False and srv_a.requests[-1]["body"]["max_tokens"] == 64
+    assert cached(base_url=url_a, max_tokens=64) is True and len(srv_a.requests) == 2
+
+
+def test_config_takes_the_judged_benchmarks_own_generation_keys_and_rejects_typos():
+    import yaml
+
+    from frpo.config import ConfigError, validate_config
+
+    root = Path(__file__).resolve().parents[1]
+    schema = root / "workflow" / "schemas" / "config.schema.yaml"
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    config["eval"]["harmbench"] = {"behaviors": str(HB_CSV), "max_new_tokens": 1024, "reasoning": True}
+    config["eval"]["strongreject"] = {"datasets": {"small": str(SR_CSV)}, "max_new_tokens": 256, "seed": 1}
+    validate_config(config, schema)
+    config["eval"]["strongreject"]["max_new_token"] = 256
+    with pytest.raises(ConfigError, match=r"eval\.strongreject.*max_new_token.*known keys: .*max_new_tokens"):
+        validate_config(config, schema)
+
+
+class _SorryJudge:
+    name, version = "e2_sorry_judge", "test-double/1"
+
+    def score(self, prompts, responses):
+        return [0.9 if i % 2 else 0.1 for i, _ in enumerate(responses)]
+
+
+def test_demo_refusal_records_limit_interval_and_keeps_the_demo_length(tiny_model, tmp_path, monkeypatch):
+    from frpo.data import builtin, read_safety_prompts
+    from frpo.judges.base import _REGISTRY, register
+
+    if _SorryJudge.name not in _REGISTRY:
+        register(_SorryJudge.name)(lambda **kw: _SorryJudge())
+    cfg = {"data": {"safety_prompts": "builtin:safety_prompts"}, "max_prompts": 3, "device": "cpu",
+           "judges": {"safety": {"name": _SorryJudge.name}}, "judge_cache_dir": str(tmp_path / "cache"),
+           "generation": {"max_new_tokens": 4, "batch_size": 3}}
+    res = run_eval("refusal", tiny_model, cfg, tmp_path / "refusal.json")
+    n_all = len(read_safety_prompts(builtin("safety_prompts"), "eval", "safety"))
+    assert res["n"] == res["n_scored"] == 3 and res["limit"] == 3 < n_all and res["n_malformed"] == 0
+    assert res["value"] == pytest.approx(1 / 3) and res["ci95"] == list(bootstrap_ci([0.0, 1.0, 0.0]))
+    assert res["generation"]["max_new_tokens"] == 4 and res["generation"]["max_new_tokens_from"] == "eval.generation"
+    assert run_eval("refusal", tiny_model, cfg, tmp_path / "refusal.json")["generations"]["reused"] is True
+    cfg["max_prompts"] = None
+    monkeypatch.setattr(harmbench, "run_generation", lambda model_path, cfg, prompts, settings: ["x"] * len(prompts))
+    assert run_eval("refusal", tiny_model, cfg, tmp_path / "all.json")["limit"] is None

@@ -1,7 +1,9 @@
 """Stage 4, evaluations: one module per benchmark, each with ``evaluate(model_path, cfg) -> dict``.
 
 ``run_eval(name, model_path, cfg, out_path)`` runs one benchmark by name and writes its result JSON, which
-records the model, the data, the judge and its version, the generation settings and the timings.
+records the model, the data, the judge and its version, the generation settings and the timings. Judged
+benchmarks save their completions next to it (``<bench>.generations.jsonl``) before judging, so that a judge
+failure loses no generation (:func:`saved_generations`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import hashlib
 import importlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..io import atomic_write_text, update_hash
 
-__all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "eval_judge", "model_fingerprint", "run_eval", "strongreject_dataset"]
+__all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "eval_judge", "generations_path", "model_fingerprint", "run_eval",
+           "saved_generations", "strongreject_dataset"]
 
 #: benchmark name -> module in this package that defines ``evaluate(model_path, cfg) -> dict``
 BENCHMARKS = {
@@ -69,16 +73,70 @@ def model_fingerprint(model_path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def generations_path(out_path: str | Path) -> Path:
+    """Where :func:`run_eval` keeps a benchmark's completions: ``<result stem>.generations.jsonl`` beside it."""
+    out = Path(out_path)
+    return out.with_name(f"{out.stem}.generations.jsonl")
+
+
+def _prompts_sha256(prompts: list) -> str:
+    return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def saved_generations(model_path, cfg: dict, settings: dict, prompts: list, generate: Callable[[], list[str]]
+                      ) -> tuple[list[str], dict]:
+    """The completions of ``prompts``: those saved in ``cfg["generations_path"]`` when that file was written for the
+    same model (fingerprint), generation ``settings`` and prompts, else ``generate()``'s, saved there (atomically)
+    before they are returned, so that what comes after (judging) can fail without losing them. Returns the texts
+    and ``{"path", "reused"}``. Without ``generations_path`` (a direct ``evaluate`` call) nothing is saved."""
+    path = cfg.get("generations_path")
+    if not path:
+        return generate(), {"path": None, "reused": False}
+    path = Path(path)
+    header = {"model_sha256_16": cfg.get("model_sha256_16") or model_fingerprint(model_path),
+              "generation": settings, "prompts_sha256": _prompts_sha256(prompts), "n": len(prompts)}
+    texts = _read_generations(path, header)
+    if texts is not None:
+        return texts, {"path": str(path), "reused": True}
+    texts = list(generate())
+    if len(texts) != len(prompts):
+        raise RuntimeError(f"generation returned {len(texts)} completions for {len(prompts)} prompts")
+    lines = [json.dumps(header, ensure_ascii=False)]
+    lines += [json.dumps({"i": i, "prompt": p, "response": t}, ensure_ascii=False)
+              for i, (p, t) in enumerate(zip(prompts, texts))]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return texts, {"path": str(path), "reused": False}
+
+
+def _read_generations(path: Path, header: dict) -> list[str] | None:
+    """The saved completions when ``path`` holds exactly ``header``'s generations, else None (missing, another
+    model, settings or prompts, or an unreadable file: then they are generated again)."""
+    if not path.is_file():
+        return None
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except ValueError:
+        return None
+    if not rows or rows[0] != json.loads(json.dumps(header)) or len(rows) != header["n"] + 1:
+        return None
+    texts = [r.get("response") for r in rows[1:]]
+    if [r.get("i") for r in rows[1:]] != list(range(header["n"])) or not all(isinstance(t, str) for t in texts):
+        return None
+    return texts
+
+
 def run_eval(name: str, model_path: str | Path, cfg: dict, out_path: str | Path) -> dict:
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r} (known: {sorted(BENCHMARKS)})")
     module = importlib.import_module(f"{__name__}.{BENCHMARKS[name]}")
     start = time.perf_counter()
-    result = module.evaluate(model_path, {**cfg, "benchmark": name})
+    fingerprint = model_fingerprint(model_path)
+    result = module.evaluate(model_path, {**cfg, "benchmark": name, "model_sha256_16": fingerprint,
+                                          "generations_path": str(generations_path(out_path))})
     result = {
         "benchmark": name,
         "model_path": str(model_path),
-        "model_sha256_16": model_fingerprint(model_path),
+        "model_sha256_16": fingerprint,
         **result,
         "seconds": round(time.perf_counter() - start, 2),
     }

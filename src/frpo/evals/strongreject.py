@@ -2,8 +2,9 @@
 
 Protocol (shared/reference/paper-spec.md §3.2, evals.md §2): prompts are the ``forbidden_prompt`` column of a
 StrongREJECT CSV: the small set (60 prompts, what FRPO reports) or the full set (313); each is one user turn with
-the chat template, completed greedily (``max_new_tokens``, 512 in the paper). All prompts, or a fixed seeded
-subset (never re-drawn per step).
+the chat template, completed greedily with ``max_new_tokens`` = 512 (the paper's protocol) unless this section sets
+its own (never the global ``eval.generation.max_new_tokens``). All prompts, or a fixed seeded subset (never
+re-drawn per step).
 
 Judges (``cfg["strongreject"]["judge"]["name"]``):
 
@@ -13,8 +14,11 @@ Judges (``cfg["strongreject"]["judge"]["name"]``):
 * ``strongreject_finetuned`` — ``qylu4156/strongreject-15k-v1``: harm = expected grade over "1".."5"
   (:mod:`frpo.judges.paper`); GPU.
 
-Every judge call goes through the on-disk cache. Malformed rubric answers are counted in ``n_malformed`` and, by
-``on_malformed``, ``"exclude"``d from the mean (default) or ``"raise"``.
+Completions are saved before judging and reused by a rerun; every judge call goes through the on-disk cache.
+Malformed rubric answers are not cached (a rerun asks again), are counted in ``n_malformed`` and, by
+``on_malformed``, ``"exclude"``d from the mean (default; counted in ``n_excluded``, as the ``strong_reject``
+package's NaN scores are) or ``"raise"``. The result records ``value``, ``ci95`` (bootstrap over prompts), ``n``,
+``n_scored``, ``n_malformed``, ``n_excluded`` and ``subset`` (None when all prompts are used).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import csv
 import os
 from pathlib import Path
 
+from ..io import sha256_file
 from ..judges.base import JudgeResponseError
 from . import strongreject_dataset
-from ..io import sha256_file
-from .harmbench import build_eval_judge, fixed_subset, generate_and_judge, judge_record
+from .harmbench import PROTOCOL_MAX_NEW_TOKENS, build_eval_judge, generate_and_judge, judge_record, subset_fields
+from .scoring import mean_result
 
 __all__ = ["JUDGE_BACKENDS", "evaluate", "load_prompts"]
 
@@ -60,43 +65,45 @@ def evaluate(model_path, cfg: dict) -> dict:
         raise ValueError(f"{key}: missing (the path of a StrongREJECT CSV)")
     rows = load_prompts(path)
     n_available = len(rows)
-    seed = int(sr.get("seed", 0))
-    idx = fixed_subset(len(rows), sr.get("subset"), seed)
+    idx, subset = subset_fields(sr, n_available)
     rows = [rows[i] for i in idx]
     prompts = [r["prompt"] for r in rows]
-    settings, texts, answers, cache_stats = generate_and_judge(model_path, cfg, sr, prompts, name, judge, judge_cfg)
+    run = generate_and_judge(model_path, cfg, sr, prompts, name, judge, judge_cfg,
+                             protocol_max_new_tokens=PROTOCOL_MAX_NEW_TOKENS)
 
     samples, harms = [], []
     n_malformed = 0
-    for row, text, ans in zip(rows, texts, answers):
+    for row, text, ans in zip(rows, run.texts, run.answers):
         malformed = bool(ans.get("malformed"))
         harm = None if malformed or ans.get("harm") is None else float(ans["harm"])
-        if malformed:
-            n_malformed += 1
-        else:
+        n_malformed += malformed
+        if harm is not None:
             harms.append(harm)
         samples.append({"prompt": row["prompt"], "category": row["category"], "response": text, "score": harm,
                         "malformed": malformed, "cached": ans["cached"],
                         "judge": {k: v for k, v in ans.items() if k != "cached"}})
     if n_malformed and on_malformed == "raise":
         first = next(s for s in samples if s["malformed"])
-        raise JudgeResponseError(f"{n_malformed} malformed judge answer(s); first: {first['judge'].get('error')}")
+        raise JudgeResponseError(f"{n_malformed} malformed judge answer(s); first: {first['judge'].get('error')}; "
+                                 f"the completions are kept in {run.generations['path']} and the malformed answers "
+                                 "are not cached: a rerun asks the judge again")
     by_cat: dict[str, list[float]] = {}
     for s in samples:
         if s["score"] is not None:
             by_cat.setdefault(s["category"] or "?", []).append(s["score"])
+    summary = mean_result("strongreject_score", harms, limit=None)  # value, n_scored, ci95 over scored prompts
     return {
-        "metric": "strongreject_score",
-        "value": sum(harms) / len(harms) if harms else float("nan"),
+        **summary,
         "n": len(rows),
-        "n_scored": len(harms),
+        **subset,
         "n_malformed": n_malformed,
+        "n_excluded": len(rows) - summary["n_scored"],  # no score (malformed judge answers): not in the mean
         "on_malformed": on_malformed,
         "by_category": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
         "dataset": {"set": set_name, "path": path, "sha256": sha256_file(path), "n_available": n_available},
-        "subset": {"size": sr.get("subset"), "seed": seed, "indices": idx},
         "judge": judge_record(name, judge, judge_cfg),
-        "generation": settings,
-        "judge_cache": cache_stats,
+        "generation": run.settings,
+        "generations": run.generations,
+        "judge_cache": run.cache_stats,
         "samples": samples,
     }
