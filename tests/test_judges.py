@@ -584,3 +584,27 @@ def test_local_directory_judge_is_keyed_by_its_files_and_loads_what_it_names(tmp
     assert 0.0 <= harms[0] <= 1.0 and judge._model is not None
     assert judge.version == before and judge.loaded_info["model"] == judge.pinned()["id"]
     assert build_judge("strongreject_finetuned", model=str(two)).version != before  # other weights, other key
+
+
+def test_an_adapter_judge_loads_its_base_and_itself_as_pinned(tmp_path):
+    """The StrongREJECT judge is a LoRA adapter: its key names the base model too, and the load (PEFT path) puts
+    the adapter on exactly that base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from frpo.tiny import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "base", ["1", "2", "3", "4", "5", "user", "answer"], hidden_size=16,
+                           num_heads=2, seed=0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "adapter")
+    judge = build_judge("strongreject_finetuned", model=str(tmp_path / "adapter"), device="cpu",
+                        load_in_4bit=False, max_response_tokens=16)
+    before = judge.version
+    assert f"+base={base}@dir-sha256:" in before
+    assert 0.0 <= judge.harm(["user"], ["answer"])[0] <= 1.0
+    assert type(judge._model).__name__.startswith("Peft") and judge.version == before
+    save_tiny_model(base, ["1", "2", "3", "4", "5", "user", "answer"], hidden_size=16, num_heads=2, seed=1)
+    assert build_judge("strongreject_finetuned", model=str(tmp_path / "adapter")).version != before  # new base
