@@ -528,7 +528,7 @@ def test_judged_benchmarks_generate_512_tokens_unless_their_own_section_says(mod
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     seen, sources = [], []
 
-    def generation(model_path, cfg, prompts, settings):
+    def generation(model_path, cfg, prompts, settings, sampler=None):
         seen.append(settings["max_new_tokens"])
         sources.append(settings.get("max_new_tokens_from"))
         raise _Stop
@@ -580,6 +580,7 @@ def test_a_judge_failure_loses_no_generations(fake_http, tiny_model, tmp_path, m
     res = run_eval("strongreject", tiny_model, cfg, out)
     assert len(calls) == 1, "the rerun reused the saved completions instead of generating again"
     assert res["generations"] == {"path": str(saved), "reused": True}
+    assert res["generation"]["sampler"] == lines[0]["sampler"]  # what the generation reported, kept with the texts
     assert [s["response"] for s in res["samples"]] == [x["response"] for x in lines[1:]]
     assert res["n_scored"] == 2 and res["n_excluded"] == 1
 
@@ -651,5 +652,5 @@ def test_demo_refusal_records_limit_interval_and_keeps_the_demo_length(tiny_mode
     assert res["generation"]["max_new_tokens"] == 4 and res["generation"]["max_new_tokens_from"] == "eval.generation"
     assert run_eval("refusal", tiny_model, cfg, tmp_path / "refusal.json")["generations"]["reused"] is True
     cfg["max_prompts"] = None
-    monkeypatch.setattr(harmbench, "run_generation", lambda model_path, cfg, prompts, settings: ["x"] * len(prompts))
+    monkeypatch.setattr(harmbench, "run_generation", lambda model_path, cfg, prompts, *rest: ["x"] * len(prompts))
     assert run_eval("refusal", tiny_model, cfg, tmp_path / "all.json")["limit"] is None

@@ -83,46 +83,50 @@ def _prompts_sha256(prompts: list) -> str:
     return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def saved_generations(model_path, cfg: dict, settings: dict, prompts: list, generate: Callable[[], list[str]]
-                      ) -> tuple[list[str], dict]:
+def saved_generations(model_path, cfg: dict, settings: dict, prompts: list, generate: Callable[[], list[str]],
+                      *, sampler: dict | None = None) -> tuple[list[str], dict]:
     """The completions of ``prompts``: those saved in ``cfg["generations_path"]`` when that file was written for the
     same model (fingerprint), generation ``settings`` and prompts, else ``generate()``'s, saved there (atomically)
-    before they are returned, so that what comes after (judging) can fail without losing them. Returns the texts
-    and ``{"path", "reused"}``. Without ``generations_path`` (a direct ``evaluate`` call) nothing is saved."""
+    before they are returned, so that what comes after (judging) can fail without losing them. ``sampler``, filled
+    by ``generate()``, is saved with them (not part of the match). Returns the texts and ``{"path", "reused",
+    "sampler"}``. Without ``generations_path`` (a direct ``evaluate`` call) nothing is saved."""
     path = cfg.get("generations_path")
     if not path:
-        return generate(), {"path": None, "reused": False}
+        return generate(), {"path": None, "reused": False, "sampler": sampler}
     path = Path(path)
-    header = {"model_sha256_16": cfg.get("model_sha256_16") or model_fingerprint(model_path),
-              "generation": settings, "prompts_sha256": _prompts_sha256(prompts), "n": len(prompts)}
-    texts = _read_generations(path, header)
-    if texts is not None:
-        return texts, {"path": str(path), "reused": True}
+    key = {"model_sha256_16": cfg.get("model_sha256_16") or model_fingerprint(model_path),
+           "generation": settings, "prompts_sha256": _prompts_sha256(prompts), "n": len(prompts)}
+    saved = _read_generations(path, key)
+    if saved is not None:
+        texts, header = saved
+        return texts, {"path": str(path), "reused": True, "sampler": header.get("sampler")}
     texts = list(generate())
     if len(texts) != len(prompts):
         raise RuntimeError(f"generation returned {len(texts)} completions for {len(prompts)} prompts")
-    lines = [json.dumps(header, ensure_ascii=False)]
+    lines = [json.dumps({**key, "sampler": sampler}, ensure_ascii=False)]
     lines += [json.dumps({"i": i, "prompt": p, "response": t}, ensure_ascii=False)
               for i, (p, t) in enumerate(zip(prompts, texts))]
     atomic_write_text(path, "\n".join(lines) + "\n")
-    return texts, {"path": str(path), "reused": False}
+    return texts, {"path": str(path), "reused": False, "sampler": sampler}
 
 
-def _read_generations(path: Path, header: dict) -> list[str] | None:
-    """The saved completions when ``path`` holds exactly ``header``'s generations, else None (missing, another
-    model, settings or prompts, or an unreadable file: then they are generated again)."""
+def _read_generations(path: Path, key: dict) -> tuple[list[str], dict] | None:
+    """The saved completions and the file's header when ``path`` holds exactly ``key``'s generations, else None
+    (missing, another model, settings or prompts, or an unreadable file: then they are generated again)."""
     if not path.is_file():
         return None
     try:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except ValueError:
         return None
-    if not rows or rows[0] != json.loads(json.dumps(header)) or len(rows) != header["n"] + 1:
+    if not rows or not isinstance(rows[0], dict) or len(rows) != key["n"] + 1:
+        return None
+    if {k: rows[0].get(k) for k in key} != json.loads(json.dumps(key)):
         return None
     texts = [r.get("response") for r in rows[1:]]
-    if [r.get("i") for r in rows[1:]] != list(range(header["n"])) or not all(isinstance(t, str) for t in texts):
+    if [r.get("i") for r in rows[1:]] != list(range(key["n"])) or not all(isinstance(t, str) for t in texts):
         return None
-    return texts
+    return texts, rows[0]
 
 
 def run_eval(name: str, model_path: str | Path, cfg: dict, out_path: str | Path) -> dict:

@@ -123,12 +123,17 @@ def generation_settings(cfg: dict, section: dict, *, protocol_max_new_tokens: in
     }
 
 
-def run_generation(model_path, cfg: dict, prompts: list[str], settings: dict) -> list[str]:
+def run_generation(model_path, cfg: dict, prompts: list[str], settings: dict, sampler: dict | None = None
+                   ) -> list[str]:
+    """Greedy completions of ``prompts`` by the model at ``model_path``; ``sampler``, when given, receives what
+    :func:`frpo.generation.generate` reports about the generation config it sampled with."""
     from ..models import load_causal_lm
 
     model, tokenizer = load_causal_lm(model_path, cfg.get("device", "cpu"))
     gen = generate(model, tokenizer, prompts, max_new_tokens=settings["max_new_tokens"], do_sample=False,
                    batch_size=settings["batch_size"])
+    if sampler is not None:
+        sampler.update(getattr(gen, "config", None) or {})
     texts = gen.texts
     del model
     if settings["reasoning"]:
@@ -168,12 +173,14 @@ def generate_and_judge(model_path, cfg: dict, section: dict, prompts: list[str],
     judge failure loses none of them and a rerun of the same model and settings on the same prompts reuses them."""
     settings = generation_settings(cfg, section, protocol_max_new_tokens=protocol_max_new_tokens)
     check_env(name, judge_cfg)
+    sampler: dict = {}
     texts, gen_record = saved_generations(model_path, cfg, settings, prompts,
-                                          lambda: run_generation(model_path, cfg, prompts, settings))
+                                          lambda: run_generation(model_path, cfg, prompts, settings, sampler),
+                                          sampler=sampler)
     with open_cache(cfg, section) as cache:
         answers = cached_score(judge, prompts, texts, cache)
         cache_stats = cache.stats()
-    return Judged(settings, texts, answers, cache_stats, gen_record)
+    return Judged({**settings, "sampler": gen_record.pop("sampler")}, texts, answers, cache_stats, gen_record)
 
 
 def judge_record(name: str, judge: Any, judge_cfg: dict) -> dict:
