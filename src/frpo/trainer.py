@@ -1,6 +1,6 @@
 """FRPO on top of TRL's GRPOTrainer (written against trl==1.16.0, pinned in pyproject.toml).
 
-The trainer changes three things in GRPOTrainer and nothing else:
+The trainer changes four things in GRPOTrainer and nothing else:
 
 1. ``_generate_and_score_completions``: attaches an explicit ``group_ids`` tensor to the batch. TRL's
    ``RepeatSampler`` emits each prompt ``num_generations`` times in a row and the gathered batch keeps sampler
@@ -13,6 +13,9 @@ The trainer changes three things in GRPOTrainer and nothing else:
    and computes the exact estimator.
 3. ``_compute_loss``: the objective is selected by name (``frpo`` or ``grpo``) from
    :data:`frpo.objective.OBJECTIVES`; TRL's β·KL term (k3, token mean per sequence) is added on top.
+4. ``_save_rng_state`` / ``_load_rng_state``: checkpoints also hold, per process, the state of the whole-group
+   shuffle (and the rest of a generation batch when a checkpoint falls inside one), so a resumed run is
+   bit-identical to an uninterrupted one, ``steps_per_generation > 1`` included.
 
 GRPO runs use this same class with ``objective="grpo"`` and centred, unscaled advantages
 (``scale_rewards="none"``), as in the paper; the public code std-normalised its GRPO baseline (spec §1.5).
@@ -21,9 +24,11 @@ GRPO runs use this same class with ``objective="grpo"`` and centred, unscaled ad
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
+from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
@@ -40,6 +45,8 @@ from .objective import (
 )
 
 __all__ = ["FRPOConfig", "FRPOTrainer", "shuffle_whole_groups"]
+
+logger = logging.get_logger(__name__)
 
 # Forward kwargs that TRL passes through to the model for multimodal inputs (taken from the batch when present).
 _FORWARD_KEYS = (
@@ -62,7 +69,8 @@ class FRPOConfig(GRPOConfig):
 
     Defaults that differ from GRPOConfig: ``scale_rewards="none"`` (advantages are centred, never divided by the
     group std, paper §4 and App. C), ``use_bias_correction_kl=False`` and ``vllm_importance_sampling_correction=False``
-    (the paper's TRL 0.21 had neither), and ``loss_type="grpo"`` (unused; the loss is ``objective``).
+    (the paper's TRL 0.21 had neither), and ``loss_type="grpo"`` (the aggregation both objectives implement; the
+    loss itself is ``objective``).
     """
 
     objective: str = field(
@@ -86,18 +94,28 @@ class FRPOConfig(GRPOConfig):
         metadata={"help": "Subtract the Eq. 4.2 baseline. Without it the policy collapses (paper Fig. 16)."},
     )
     lambda_scale: str = field(
-        default="paper",
+        default="equation_4_1",
         metadata={
-            "help": "'paper': the loss is λ·log Ẑ (Eq. 4.1) as written. 'official': multiply the FRPO term by "
-            "max(λ,1)/λ, which drops the λ factor for λ ≤ 1 as the public reference code does; the β·KL term is "
-            "not rescaled, so β must be re-tuned (the paper tuned β for a per-token KL ≈ 0.1)."
+            "help": "'equation_4_1': the loss is λ·log Ẑ as Eq. 4.1 prints it. 'max_lambda_1': multiply the "
+            "FRPO term by max(λ,1)/λ, the public reference code's scaling, which drops the λ factor for λ ≤ 1 "
+            "(App. C.1 says it was omitted; the code omits it only for λ ≤ 1). 'max_lambda_1' is the one that "
+            "produced every figure of the paper: use it, with the paper's β per run, to reproduce them. The β·KL "
+            "term is not rescaled by either, so β must be tuned for the scaling (the paper tuned β for a "
+            "per-token KL ≈ 0.1). The former names 'paper' and 'official' are refused."
         },
     )
     scale_rewards: str = field(
         default="none",
         metadata={"help": "Must stay 'none' for FRPO (centred, unscaled advantages). GRPO accepts other values."},
     )
-    loss_type: str = field(default="grpo", metadata={"help": "Ignored by FRPOTrainer: see `objective`."})
+    loss_type: str = field(
+        default="grpo",
+        metadata={
+            "help": "Must stay 'grpo': the loss is chosen by `objective`, and both objectives aggregate as TRL's "
+            "'grpo' does (token mean per sequence, then mean over sequences: over the rows of a group, then over "
+            "groups). Any other value fails at construction."
+        },
+    )
     use_bias_correction_kl: bool = field(
         default=False,
         metadata={
@@ -159,6 +177,7 @@ class FRPOConfig(GRPOConfig):
             "use_adaptive_entropy": (self.use_adaptive_entropy, False),
             "use_liger_kernel": (self.use_liger_kernel, False),
             "mask_truncated_completions": (self.mask_truncated_completions, False),
+            "loss_type": (self.loss_type, "grpo"),
         }
         for name, (value, required) in unsupported.items():
             if value != required:
@@ -173,7 +192,11 @@ class FRPOConfig(GRPOConfig):
 def shuffle_whole_groups(batch: dict, n_chunks: int, generator: torch.Generator | None = None) -> list[dict]:
     """Permute the groups of a generation batch (rows of a group stay together) and split it into ``n_chunks``
     micro-batches of whole groups. ``batch["group_ids"]`` names each row's group; every group must fit inside
-    one chunk, which holds when the chunk size is a multiple of the group size."""
+    one chunk, which holds when the chunk size is a multiple of the group size.
+
+    Every per-row entry moves with its row: tensors whose first dimension is the number of rows and lists of that
+    length (TRL keeps e.g. per-row images as lists). 0-d tensors and ``None`` pass through unchanged; any other
+    entry is refused, since splitting it into chunks would misalign it with the rows."""
     group_ids = batch["group_ids"]
     n_rows = group_ids.numel()
     if n_rows % n_chunks != 0:
@@ -181,10 +204,22 @@ def shuffle_whole_groups(batch: dict, n_chunks: int, generator: torch.Generator 
     uniq, inverse = torch.unique(group_ids, return_inverse=True)
     rank = torch.randperm(uniq.numel(), generator=generator).to(group_ids.device)[inverse]
     order = torch.sort(rank * n_rows + torch.arange(n_rows, device=group_ids.device)).indices
-    permuted = {
-        k: (v[order] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n_rows else v)
-        for k, v in batch.items()
-    }
+    rows = order.tolist()
+
+    def permute(key, v):
+        if v is None or (isinstance(v, torch.Tensor) and v.dim() == 0):
+            return v
+        if isinstance(v, torch.Tensor) and v.shape[0] == n_rows:
+            return v[order]
+        if isinstance(v, list) and len(v) == n_rows:
+            return [v[i] for i in rows]
+        size = v.shape[0] if isinstance(v, torch.Tensor) else len(v) if isinstance(v, list) else type(v).__name__
+        raise ValueError(
+            f"generation batch entry {key!r} has {size} rows, not one per completion ({n_rows}): it cannot be "
+            "shuffled and split into micro-batches with the rows"
+        )
+
+    permuted = {k: permute(k, v) for k, v in batch.items()}
     # A group cut in two by a chunk boundary would silently break the estimator: refuse instead.
     ranks = rank[order]
     starts = torch.ones(n_rows + 1, dtype=torch.bool, device=group_ids.device)
@@ -194,8 +229,7 @@ def shuffle_whole_groups(batch: dict, n_chunks: int, generator: torch.Generator 
             "a prompt group would be split across micro-batches; per_device_train_batch_size must be a multiple "
             "of num_generations and every group must sit on one process"
         )
-    chunks = split_tensor_dict(permuted, n_chunks)
-    return chunks
+    return split_tensor_dict(permuted, n_chunks)
 
 
 class FRPOTrainer(GRPOTrainer):
@@ -235,8 +269,11 @@ class FRPOTrainer(GRPOTrainer):
             rewards, group_ids = rewards[scored], group_ids[scored]
         if rewards.numel() == 0:
             return
+        # Mean over groups of the sample std (n−1), as TRL 0.21 logged `reward_std` and the paper read λ* off it;
+        # TRL 1.16's own `reward_std` is a whole-batch std. A group left with one scored row has no spread.
         std = group_reward_std(rewards, group_ids)
-        self._metrics[mode]["frpo/reward_std_within_group"].append(std.mean().item())
+        if bool((~torch.isnan(std)).any()):
+            self._metrics[mode]["frpo/reward_std_within_group"].append(std.nanmean().item())
         if self.args.objective == "frpo":
             lam = self.args.frpo_lambda
             # The weights e^{-A/λ} and e^{-r/λ} differ by a constant factor per group, so their ESS is the same.
@@ -258,6 +295,40 @@ class FRPOTrainer(GRPOTrainer):
             chunks = shuffle_whole_groups(batch, self.args.steps_per_generation, self._group_shuffle)
             self._buffered_inputs = [unsplit_pixel_values_by_grid(chunk) for chunk in chunks]
         return self._buffered_inputs[self._step % self.args.steps_per_generation]
+
+    # -- checkpoints: the group shuffle resumes where it stopped -------------------------------------------------
+    def _shuffle_state_file(self, checkpoint: str) -> str:
+        return os.path.join(checkpoint, f"frpo_group_shuffle_{self.args.process_index}.pth")
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Save, next to the Trainer's RNG states and per process, the group-shuffle generator, the micro-step
+        counter and, when the checkpoint falls inside a generation batch (``steps_per_generation > 1`` or
+        ``num_iterations > 1``), the buffered micro-batches still to be trained on. A resumed run then draws
+        the same group orders and trains on the same completions as an uninterrupted one."""
+        super()._save_rng_state(output_dir)
+        mid_generation = self._step % (self.args.steps_per_generation * self.num_iterations) != 0
+        state = {
+            "group_shuffle": self._group_shuffle.get_state(),
+            "step": self._step,
+            "buffered_inputs": self._buffered_inputs if mid_generation else None,
+        }
+        torch.save(state, self._shuffle_state_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._shuffle_state_file(checkpoint)
+        if not os.path.isfile(path):
+            logger.warning(
+                f"{path} not found: the group shuffle restarts from its seed, so this resumed run will not be "
+                "identical to an uninterrupted one"
+            )
+            return
+        state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+        self._group_shuffle.set_state(state["group_shuffle"].cpu())
+        self._step = state["step"]
+        self._buffered_inputs = state["buffered_inputs"]
 
     # -- 3. the objective ---------------------------------------------------------------------------------------
     def _compute_loss(self, model, inputs):
