@@ -549,7 +549,8 @@ def test_lambda_scale_factor():
 @pytest.mark.parametrize(("old", "new"), [("paper", "equation_4_1"), ("official", "max_lambda_1")])
 def test_former_lambda_scale_names_are_refused_naming_the_new_ones(old, new):
     # "paper" was misleading (the paper's figures came from the other scaling): no silent alias for either name.
-    with pytest.raises(ValueError, match=rf"lambda_scale '{old}' was renamed to '{new}'.*'equation_4_1'.*'max_lambda_1'"):
+    message = rf"lambda_scale '{old}' was renamed to '{new}'.*'equation_4_1'.*'max_lambda_1'"
+    with pytest.raises(ValueError, match=message):
         lambda_scale_factor(0.2, old)
 
 

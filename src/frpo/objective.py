@@ -240,7 +240,7 @@ LAMBDA_SCALES: dict[str, str] = {
     "max_lambda_1": "the FRPO term is multiplied by max(λ,1)/λ, the public code's scaling, which produced every "
     "figure of the paper (App. C.1 says the λ factor was omitted; the code omits it only for λ ≤ 1)",
 }
-# Former names, refused with a pointer to the new ones ("paper" was misleading: the paper's figures used the other).
+# Former names, refused with a pointer to the new ones ("paper" misled: the paper's figures used the other one).
 _OLD_LAMBDA_SCALES = {"paper": "equation_4_1", "official": "max_lambda_1"}
 
 
