@@ -67,6 +67,7 @@ class ForgettingTracker(TrainerCallback):
         self.seed, self.batch_size = seed, batch_size
         self._last_loss: tuple[int, float] | None = None  # (step, loss) of the newest training log
         self._pending: int | None = None  # a step whose measurement waits for that step's log
+        self.generation: dict | None = None  # the generation configs of the latest measurement (for the summary)
 
     # -- bookkeeping, resumable --------------------------------------------------------------------------------
     def _measured_steps(self) -> set[int]:
@@ -102,6 +103,7 @@ class ForgettingTracker(TrainerCallback):
                                temperature=self.temperature, batch_size=self.batch_size)
         greedy = generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, do_sample=False,
                           batch_size=self.batch_size)
+        self.generation = {"kl_sampled": sampled.config, "rewards_greedy": greedy.config}
         cur = completion_logps(model, sampled, self.batch_size)
         ref = completion_logps(self.ref_model, sampled, self.batch_size)
         k3 = k3_kl(cur.double(), ref.double()) * sampled.completion_mask.cpu()
