@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from .io import atomic_dir
-from .training import common_training_args, last_checkpoint, lora_config
+from .training import common_training_args, last_checkpoint, lora_config, precision, precision_record
 
 __all__ = ["canonical_lambda", "run_rl", "select_lambda_star"]
 
@@ -99,6 +99,8 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = No
     length = {"max_steps": rl["steps"]} if "steps" in rl else {"num_train_epochs": rl["epochs"], "max_steps": -1}
     return FRPOConfig(
         **common_training_args(rl, spec, ckpt_dir),
+        # TRL loads the model from its path in this dtype: float32 masters for full RL, a bf16 frozen base for LoRA
+        model_init_kwargs={"dtype": precision(spec, lora=bool(rl.get("lora")))["load_dtype"]},
         **length,
         objective=spec["objective"],
         frpo_lambda=float(spec.get("frpo_lambda") or 1.0),
@@ -120,6 +122,7 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = No
 
 def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path) -> dict:
     """Train one RL run; returns its summary. Resumes from the newest checkpoint in ``ckpt_dir``."""
+    from .generation import explicit_generation_config, trainer_generation_config, trainer_generation_record
     from .models import load_tokenizer
     from .trainer import FRPOTrainer
 
@@ -139,7 +142,8 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
     resume = last_checkpoint(ckpt_dir)
     if resume:
         print(f"resuming {spec['run']} from {resume}", flush=True)
-    trainer.train(resume_from_checkpoint=resume)
+    with explicit_generation_config(trainer.model, trainer_generation_config(trainer)):
+        trainer.train(resume_from_checkpoint=resume)
     steps = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
         "run": spec["run"],
@@ -154,6 +158,8 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "processes": world_size(),
+        "precision": precision_record(trainer.model, precision(spec, lora=bool(lora))),
+        "generation": trainer_generation_record(trainer),
         "schedule": {"lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type), "warmup_steps": args.warmup_steps,
                      "weight_decay": args.weight_decay, "disable_dropout": args.disable_dropout},
     }

@@ -2,8 +2,11 @@
 
 ``run_sft(spec, model_dir, out_dir, ckpt_dir)`` trains on one data set (prompt-completion, loss on the
 completion only, as the paper's SFT scripts), full or LoRA, resumable from ``ckpt_dir``, and writes the
-resulting full model (LoRA merged) to ``out_dir`` atomically. With ``spec["track"]`` it also runs the forgetting
-tracker (:mod:`frpo.track`) and writes ``tracking.csv`` next to the model.
+resulting full model (LoRA merged) to ``out_dir`` atomically, in ``spec["save_dtype"]`` or else the dtype
+``model_dir`` is stored in. Full fine-tuning keeps float32 master weights under ``spec["precision"]``
+``bf16-mixed``, the GPU default (:func:`frpo.training.precision`); ``summary.json`` records the precision.
+With ``spec["track"]`` it also runs the forgetting tracker (:mod:`frpo.track`) and writes ``tracking.csv`` next
+to the model, and ``summary.json`` the tracker's generation configs.
 
 Data formats (``spec["dataset"]["format"]``):
 * ``gsm8k``: {question, answer} → user: question, assistant: the worked answer (we keep the ``#### N`` line;
@@ -22,8 +25,8 @@ from pathlib import Path
 
 from .guards import FiniteLossCallback
 from .io import atomic_dir
-from .models import load_causal_lm
-from .training import common_training_args, last_checkpoint, lora_config
+from .models import as_dtype, load_causal_lm, stored_dtype
+from .training import common_training_args, last_checkpoint, lora_config, precision, precision_record
 
 __all__ = ["run_sft", "sft_rows"]
 
@@ -87,9 +90,11 @@ def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: st
     from trl import SFTConfig, SFTTrainer
 
     ckpt_dir = Path(ckpt_dir)
-    model, tokenizer = load_causal_lm(model_dir, spec.get("device", "cpu"))
-    tokenizer.padding_side = "right"
     train = spec["train"]
+    settings = precision(spec, lora=train["method"] == "lora")
+    save_dtype = as_dtype(spec["save_dtype"], "save_dtype") if spec.get("save_dtype") else stored_dtype(model_dir)
+    model, tokenizer = load_causal_lm(model_dir, spec.get("device", "cpu"), dtype=settings["load_dtype"])
+    tokenizer.padding_side = "right"
     args = SFTConfig(
         **common_training_args(train, spec, ckpt_dir),
         num_train_epochs=train["epochs"],
@@ -119,10 +124,15 @@ def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: st
         print(f"resuming from {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
     trained = trainer.model
+    summary = {"steps": trainer.state.global_step, "resumed_from": resume,
+               "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+               "precision": precision_record(trained, settings)}
     if peft_config is not None:
         trained = trained.merge_and_unload()
-    summary = {"steps": trainer.state.global_step, "resumed_from": resume,
-               "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)}
+    trained = trained.to(save_dtype)
+    summary["save_dtype"] = str(trained.dtype).removeprefix("torch.")
+    if tracker is not None:  # the exact sampling of the tracked completions (frpo.generation.generation_record)
+        summary["tracking_generation"] = tracker.generation
     with atomic_dir(out_dir) as tmp:
         trained.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")

@@ -83,8 +83,10 @@ def build_tiny_llama(
     return model
 
 
-def save_tiny_model(path: str | Path, words: Iterable[str], **model_kwargs) -> Path:
-    """Build a word tokenizer over ``words`` and a matching tiny Llama, and save both to ``path``."""
+def save_tiny_model(path: str | Path, words: Iterable[str], dtype: torch.dtype = torch.float32,
+                    **model_kwargs) -> Path:
+    """Build a word tokenizer over ``words`` and a matching tiny Llama, and save both to ``path`` (weights in
+    ``dtype``)."""
     tokenizer = build_word_tokenizer(words)
     model = build_tiny_llama(
         len(tokenizer),
@@ -95,6 +97,6 @@ def save_tiny_model(path: str | Path, words: Iterable[str], **model_kwargs) -> P
     )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    model.to(dtype).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -1,4 +1,5 @@
 # LoRA merge: RL adapters -> full models, which fine-tuning and evaluation read.
+from frpo.models import merge_mem_mb
 
 
 rule merge_lora:
@@ -12,7 +13,8 @@ rule merge_lora:
     threads: 2
     resources:
         gpu=0,
-        mem_mb=16000,
+        # twice the base model's weight files plus 2 GB (frpo.models.merge_mem_mb), evaluated once the base exists
+        mem_mb=lambda wildcards, input: merge_mem_mb(input.base),
         runtime=30,
     conda:
         ENV
