@@ -4,6 +4,8 @@ model and fixture data, offline on the CPU; plus the pure scoring helpers."""
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -264,3 +266,71 @@ def test_transformers_backend_shapes(tiny_model):
     assert [len(o) for o in out] == [3, 3]
     with pytest.raises(ValueError):
         b.generate(["a"], max_new_tokens=2, n=2)
+
+
+def test_transformers_backend_cuts_at_stop_strings_and_records_explicit_sampling(tiny_model, monkeypatch):
+    import frpo.generation
+    from frpo.evals.backend import get_backend
+
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        calls.append(kwargs)
+        return types.SimpleNamespace(texts=["x = 1\n```\nprint(x)", "no stop here", "a\nif __name__ b\n```\n"][: len(prompts)])
+
+    b = get_backend(tiny_model, "transformers", device="cpu", batch_size=2)
+    monkeypatch.setattr(frpo.generation, "generate", fake_generate)
+    out = b.generate(["p", "q", "r"], max_new_tokens=7, temperature=0.5, top_p=0.9, stop=["\n```\n", "\nif __name__"])
+    assert out == [["x = 1"], ["no stop here"], ["a"]]  # each ends before its earliest stop string
+    assert calls[0]["top_p"] == 0.9 and calls[0]["do_sample"] is True and calls[0]["temperature"] == 0.5
+    s = b.settings()["sampling"]
+    assert s == {"do_sample": True, "temperature": 0.5, "top_p": 0.9, "top_k": None, "min_p": 0.0,
+                 "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_new_tokens": 7,
+                 "n": 1, "stop": ["\n```\n", "\nif __name__"]}
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in ``vllm`` module (vLLM needs a GPU): records what ``LLM`` and ``SamplingParams`` receive."""
+    record = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            record["sampling"] = kwargs
+            self.n = kwargs.get("n", 1)
+
+    class LLM:
+        def __init__(self, **kwargs):
+            record["engine"] = kwargs
+
+        def chat(self, messages, params, **kwargs):
+            record["chat"] = kwargs
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=" done ")] * params.n) for _ in messages]
+
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams, module.__version__ = LLM, SamplingParams, "0.0-test"
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return record
+
+
+def test_vllm_backend_sampling_is_explicit_and_ignores_the_models_generation_config(fake_vllm):
+    from frpo.evals.backend import VLLMBackend, sampling_settings, vllm_sampling_kwargs
+
+    b = VLLMBackend("/models/m", seed=3)
+    assert fake_vllm["engine"]["generation_config"] == "vllm"  # not the model's shipped defaults
+    assert fake_vllm["engine"]["seed"] == 3 and fake_vllm["engine"]["model"] == "/models/m"
+    out = b.generate(["hi", "there"], max_new_tokens=5, temperature=0.7, top_p=0.9, n=2, stop=["\n```\n"])
+    assert out == [["done", "done"], ["done", "done"]]
+    assert fake_vllm["sampling"] == {"n": 2, "temperature": 0.7, "top_p": 0.9, "top_k": -1, "min_p": 0.0,
+                                     "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                                     "max_tokens": 5, "stop": ["\n```\n"]}
+    settings = b.settings()
+    assert settings["engine"]["generation_config"] == "vllm"
+    assert settings["sampling"]["repetition_penalty"] == 1.0 and settings["sampling_params"] == fake_vllm["sampling"]
+    b.generate(["hi"], max_new_tokens=4)  # greedy: top_p moot, recorded as 1
+    assert fake_vllm["sampling"]["temperature"] == 0.0 and fake_vllm["sampling"]["top_p"] == 1.0
+    assert fake_vllm["sampling"]["stop"] is None
+    prefill = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure:"}]
+    b.generate([prefill], max_new_tokens=4)
+    assert fake_vllm["chat"] == {"use_tqdm": False, "add_generation_prompt": False, "continue_final_message": True}
+    assert vllm_sampling_kwargs(sampling_settings(max_new_tokens=1))["top_k"] == -1
