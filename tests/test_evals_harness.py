@@ -1,34 +1,31 @@
-"""lm-eval (MATH500, GSM8K maj@8, MMLU, IFEval) and EvalPlus (MBPP+, HumanEval+) end to end on a tiny local
-model and fixture data, offline on the CPU; plus the pure scoring helpers."""
+"""The paper's benchmarks through lm-eval (MATH500, GSM8K maj@8, MMLU, IFEval) and EvalPlus (MBPP+, HumanEval+),
+the demo's arithmetic eval and the generation backends, offline on the CPU: end to end on a tiny local model and
+fixture data, with positive controls (backend doubles that answer correctly score exactly 1, wrong ones 0)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from frpo.evals.scoring import majority_vote, math_verify_score, pass_at_1
+from frpo.evals.scoring import mean_result, pass_at_1
 
 FIXTURES = Path(__file__).parent / "fixtures" / "evals"
+MMLU_SUBJECTS = ["astronomy", "elementary_mathematics"]  # the fixture subjects
 
 
-# ---------------------------------------------------------------- scoring helpers
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
-def test_majority_vote_counts_and_ties():
-    assert majority_vote(["6", "5", "6", "7"]) == "6"
-    assert majority_vote(["5", "6", "6", "5"]) == "5"  # tie: the answer seen first wins
-    assert majority_vote(["6", "5", "5", "6"]) == "6"
-    assert majority_vote([None, None, "3"]) == "3"  # unparsed answers do not vote
-    assert majority_vote([None, None]) is None
-    assert majority_vote(["1", "2", "2", "2", "2", "2", "2", "2", "9", "9"], k=8) == "2"
-    assert majority_vote(["1", "1", "2", "2", "2"], k=4) == "1"  # only the first k vote
+# ---------------------------------------------------------------- scoring
 
 
-def test_pass_at_1_needs_base_and_plus():
+def test_pass_at_1_base_and_plus():
     statuses = {
         "Mbpp/1": [{"base_status": "pass", "plus_status": "pass"}],
         "Mbpp/2": [{"base_status": "pass", "plus_status": "fail"}],
@@ -38,8 +35,8 @@ def test_pass_at_1_needs_base_and_plus():
     s = pass_at_1(statuses)
     assert s["n_tasks"] == 4
     assert s["base"] == pytest.approx(2 / 4)
-    assert s["plus"] == pytest.approx(1 / 4)
-    assert s["per_task"]["Mbpp/2"] == {"base": True, "plus": False}
+    assert s["plus"] == pytest.approx(1 / 4)  # plus needs base and plus tests
+    assert s["per_task"]["Mbpp/2"] == {"base": 1.0, "plus": 0.0}
     # several samples per task: mean per-task pass rate (unbiased pass@1)
     two = {"HumanEval/0": [{"base_status": "pass", "plus_status": "pass"}, {"base_status": "pass", "plus_status": "fail"}]}
     assert pass_at_1(two)["plus"] == pytest.approx(0.5)
@@ -47,16 +44,21 @@ def test_pass_at_1_needs_base_and_plus():
         pass_at_1({})
 
 
-def test_math_verify_wiring():
-    pytest.importorskip("math_verify")
-    assert math_verify_score("so the answer is $\\boxed{\\frac{2}{3}}$", "gives $\\boxed{\\frac{4}{6}}$") == 1
-    assert math_verify_score("x = \\boxed{5}", "$x = \\boxed{5}$") == 1
-    assert math_verify_score("\\boxed{0.5}", "\\boxed{\\frac{1}{2}}") == 1
-    assert math_verify_score("\\boxed{41}", "\\boxed{40}") == 0
-    assert math_verify_score("no answer here", "\\boxed{40}") == 0
+def test_mean_result_records_n_limit_ci_and_keeps_nan():
+    from frpo.stats import bootstrap_ci
+
+    r = mean_result("accuracy", [1, 0, 1, 1], limit=None)
+    assert r == {"metric": "accuracy", "value": 0.75, "n": 4, "n_scored": 4, "limit": None,
+                 "ci95": list(bootstrap_ci([1, 0, 1, 1]))}
+    assert r["ci95"][0] < 0.75 < r["ci95"][1]
+    empty = mean_result("accuracy", [], limit=3)
+    assert empty["n"] == 0 and empty["value"] != empty["value"]  # NaN
+    assert "NaN" in json.dumps(empty)  # NaN stays NaN in the result JSON, not null
+    with pytest.raises(ValueError, match="average to 0.5"):
+        mean_result("acc,none", [1, 0], limit=None, value=0.9)  # a library value that the items do not give
 
 
-# ---------------------------------------------------------------- end to end on a tiny model
+# ---------------------------------------------------------------- generation backends
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,115 @@ def tiny_model(tmp_path_factory):
     return str(save_tiny_model(d / "model", words))
 
 
+def test_transformers_backend_shapes(tiny_model):
+    from frpo.evals.backend import get_backend, to_messages
+
+    assert to_messages("hi", "sys") == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    b = get_backend(tiny_model, "auto", device="cpu", batch_size=2)
+    assert b.name == "transformers"
+    out = b.generate(["what is 1", [{"role": "user", "content": "the answer"}], "a"], max_new_tokens=4)
+    assert len(out) == 3 and all(len(o) == 1 and isinstance(o[0], str) for o in out)
+    assert b.generate(["what is 1"], max_new_tokens=4) == b.generate(["what is 1"], max_new_tokens=4)[:1]
+    out = b.generate(["what is 1", "a"], max_new_tokens=4, temperature=0.7, n=3, system_prompt="be brief")
+    assert [len(o) for o in out] == [3, 3]
+    with pytest.raises(ValueError):
+        b.generate(["a"], max_new_tokens=2, n=2)
+
+
+def test_transformers_backend_cuts_at_stop_strings_and_records_explicit_sampling(tiny_model, monkeypatch):
+    import frpo.generation
+    from frpo.evals.backend import get_backend
+
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        calls.append(kwargs)
+        return types.SimpleNamespace(texts=["x = 1\n```\nprint(x)", "no stop here", "a\nif __name__ b\n```\n"][: len(prompts)])
+
+    b = get_backend(tiny_model, "transformers", device="cpu", batch_size=2)
+    monkeypatch.setattr(frpo.generation, "generate", fake_generate)
+    out = b.generate(["p", "q", "r"], max_new_tokens=7, temperature=0.5, top_p=0.9, stop=["\n```\n", "\nif __name__"])
+    assert out == [["x = 1"], ["no stop here"], ["a"]]  # each ends before its earliest stop string
+    assert calls[0]["top_p"] == 0.9 and calls[0]["do_sample"] is True and calls[0]["temperature"] == 0.5
+    s = b.settings()["sampling"]
+    assert s == {"do_sample": True, "temperature": 0.5, "top_p": 0.9, "top_k": None, "min_p": 0.0,
+                 "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_new_tokens": 7,
+                 "n": 1, "stop": ["\n```\n", "\nif __name__"]}
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in ``vllm`` module (vLLM needs a GPU): records what ``LLM`` and ``SamplingParams`` receive."""
+    record = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            record["sampling"] = kwargs
+            self.n = kwargs.get("n", 1)
+
+    class LLM:
+        def __init__(self, **kwargs):
+            record["engine"] = kwargs
+
+        def chat(self, messages, params, **kwargs):
+            record["chat"] = kwargs
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=" done ")] * params.n) for _ in messages]
+
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams, module.__version__ = LLM, SamplingParams, "0.0-test"
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return record
+
+
+def test_vllm_backend_sampling_is_explicit_and_ignores_the_models_generation_config(fake_vllm):
+    from frpo.evals.backend import VLLMBackend, sampling_settings, vllm_sampling_kwargs
+
+    b = VLLMBackend("/models/m", seed=3)
+    assert fake_vllm["engine"]["generation_config"] == "vllm"  # not the model's shipped defaults
+    assert fake_vllm["engine"]["seed"] == 3 and fake_vllm["engine"]["model"] == "/models/m"
+    out = b.generate(["hi", "there"], max_new_tokens=5, temperature=0.7, top_p=0.9, n=2, stop=["\n```\n"])
+    assert out == [["done", "done"], ["done", "done"]]
+    assert fake_vllm["sampling"] == {"n": 2, "temperature": 0.7, "top_p": 0.9, "top_k": -1, "min_p": 0.0,
+                                     "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                                     "max_tokens": 5, "stop": ["\n```\n"]}
+    settings = b.settings()
+    assert settings["engine"]["generation_config"] == "vllm"
+    assert settings["sampling"]["repetition_penalty"] == 1.0 and settings["sampling_params"] == fake_vllm["sampling"]
+    b.generate(["hi"], max_new_tokens=4)  # greedy: top_p moot, recorded as 1
+    assert fake_vllm["sampling"]["temperature"] == 0.0 and fake_vllm["sampling"]["top_p"] == 1.0
+    assert fake_vllm["sampling"]["stop"] is None
+    prefill = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure:"}]
+    b.generate([prefill], max_new_tokens=4)
+    assert fake_vllm["chat"] == {"use_tqdm": False, "add_generation_prompt": False, "continue_final_message": True}
+    assert vllm_sampling_kwargs(sampling_settings(max_new_tokens=1))["top_k"] == -1
+
+
+# ---------------------------------------------------------------- the demo's arithmetic eval
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_arithmetic_positive_and_negative_control(monkeypatch, correct):
+    from frpo.data import builtin, read_jsonl as read_rows
+    from frpo.evals import arithmetic
+
+    finals = {r["question"]: r["final"] for r in read_rows(builtin("arithmetic"))}
+
+    def answer(model_path, cfg, prompts, settings):  # a backend double: the gold answer, or a wrong one
+        return [f"She pays 3 * 4 = 12.\n#### {finals[p] if correct else finals[p] + 1}" for p in prompts]
+
+    monkeypatch.setattr(arithmetic, "run_generation", answer)
+    cfg = {"data": {"arithmetic": "builtin:arithmetic"}, "max_prompts": 5, "generation": {"max_new_tokens": 8}}
+    r = arithmetic.evaluate("unused", cfg)
+    assert r["value"] == (1.0 if correct else 0.0) and r["n"] == 5 and r["limit"] == 5
+    assert r["n_malformed"] == 0 and r["ci95"] == ([1.0, 1.0] if correct else [0.0, 0.0])
+    monkeypatch.setattr(arithmetic, "run_generation", lambda m, c, prompts, s: ["I do not know."] * len(prompts))
+    r = arithmetic.evaluate("unused", {**cfg, "max_prompts": None})
+    assert r["value"] == 0.0 and r["n_malformed"] == r["n"] == 80 and r["limit"] is None  # all held-out problems
+
+
+# ---------------------------------------------------------------- lm-eval: end to end on the tiny model
+
+
 @pytest.fixture(scope="module")
 def nltk_dir(tmp_path_factory):
     from frpo.evals.lm_eval_tasks import write_minimal_punkt_tab
@@ -75,45 +186,53 @@ def nltk_dir(tmp_path_factory):
     return str(write_minimal_punkt_tab(tmp_path_factory.mktemp("nltk")))
 
 
+def lm_eval_cfg(benchmark, nltk_dir, **section):
+    return {"benchmark": benchmark, "device": "cpu",
+            "lm_eval": {"data_dir": str(FIXTURES), "nltk_data": nltk_dir, "batch_size": 4, "backend": "auto"},
+            benchmark: {"subjects": MMLU_SUBJECTS, **section} if benchmark == "mmlu" else section}
+
+
 LM_EVAL_CASES = [
-    # benchmark, module, metric key, n fixture docs, task version, extra expectations
+    # benchmark, module, metric key, n fixture docs, task version
     ("math500", "math500", "math_verify,none", 3, 3.1),
     ("gsm8k_maj8", "gsm8k", "exact_match,maj@8", 3, 2.0),
-    ("mmlu", "mmlu", "acc,none", 3, 1.0),
+    ("mmlu", "mmlu", "acc,none", 4, 2),
     ("ifeval", "ifeval", "prompt_level_strict_acc,none", 3, 4.0),
 ]
 
 
 @pytest.mark.parametrize("benchmark,module,metric,n,task_version", LM_EVAL_CASES)
 def test_lm_eval_benchmark_end_to_end(tiny_model, nltk_dir, benchmark, module, metric, n, task_version):
-    pytest.importorskip("lm_eval")
     import importlib
 
     mod = importlib.import_module(f"frpo.evals.{module}")
-    cfg = {"benchmark": benchmark, "device": "cpu",
-           "lm_eval": {"data_dir": str(FIXTURES), "nltk_data": nltk_dir, "batch_size": 4, "backend": "auto"},
-           benchmark: {"max_gen_toks": 8} if benchmark != "mmlu" else {}}
-    r = mod.evaluate(tiny_model, cfg)
+    r = mod.evaluate(tiny_model, lm_eval_cfg(benchmark, nltk_dir, **({} if benchmark == "mmlu" else {"max_gen_toks": 8})))
     json.dumps(r)  # serialisable as is
     assert r["metric"] == metric and metric in r["metrics"]
-    assert 0.0 <= r["value"] <= 1.0
-    assert r["n"] == n
+    assert 0.0 <= r["value"] <= 1.0 and r["ci95"][0] <= r["value"] <= r["ci95"][1]
+    assert r["n"] == r["n_scored"] == n and r["limit"] is None
     assert r["lm_eval_version"] == "0.4.13"
-    assert r["task_versions"][r["task"]] == task_version
+    assert float(r["task_versions"][r["task"]]) == task_version
     assert r["backend"] == "hf"  # no vLLM / no GPU here
-    assert r["dataset"]["path"] == "json" and r["dataset"]["data_files"]
+    assert r["dataset"]["path"] == "json"
     g = r["generation"]
+    if benchmark != "mmlu":
+        assert g["gen_kwargs"]["max_gen_toks"] == 8 and g["gen_kwargs"]["repetition_penalty"] == 1.0
     if benchmark == "math500":
         assert r["num_fewshot"] == 0 and g["apply_chat_template"]
         assert g["system_instruction"].startswith("Please reason step by step")
-        assert g["gen_kwargs"]["max_gen_toks"] == 8 and g["gen_kwargs"]["temperature"] == 0.0
+        assert g["gen_kwargs"]["temperature"] == 0.0
         assert "exact_match,none" in r["metrics"]
     if benchmark == "gsm8k_maj8":
         assert g["repeats"] == 8 and r["num_fewshot"] == 8
         assert g["task_generation_kwargs"]["do_sample"] is True  # maj@8 votes over 8 samples
-        assert len(r["samples"][0]["filtered_resps"]) == 1
+        assert len(r["samples"][0]["filtered_resps"]) == 1 and r["samples"][0]["filter"] == "maj@8"
+        assert 0 <= r["n_malformed"] <= n
     if benchmark == "mmlu":
         assert r["num_fewshot"] == 5 and g["gen_kwargs"] is None
+        assert r["n_tasks"] == 2 and r["subset"] == "2 of 57 subjects"
+        assert r["task_versions"]["frpo_mmlu_local_astronomy"] == 1.0  # the stock subject task's version
+        assert r["dataset"]["subjects"] == MMLU_SUBJECTS
     if benchmark == "ifeval":
         assert r["nltk_punkt"].startswith(nltk_dir)
         assert set(r["metrics"]) == {"prompt_level_strict_acc,none", "inst_level_strict_acc,none",
@@ -121,13 +240,215 @@ def test_lm_eval_benchmark_end_to_end(tiny_model, nltk_dir, benchmark, module, m
 
 
 def test_ifeval_without_punkt_fails_before_any_download(monkeypatch, tmp_path):
-    nltk = pytest.importorskip("nltk")
+    import nltk
+
     from frpo.evals.lm_eval_tasks import ensure_punkt
 
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
     monkeypatch.delenv("NLTK_DATA", raising=False)
     with pytest.raises(RuntimeError, match="punkt_tab"):
         ensure_punkt(None)
+
+
+def test_lm_eval_sampling_reaches_the_model_explicitly(tiny_model, nltk_dir, monkeypatch):
+    """GSM8K maj@8 samples (temperature 0.2): besides that, top_p 1, no top-k, no repetition penalty reach
+    ``model.generate``, whatever the model's generation_config says (Qwen2.5-Instruct: 1.05, top_k 20, top_p 0.8)."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    seen = []
+
+    def record(self, context, max_length, stop, **generation_kwargs):
+        seen.append(generation_kwargs)
+        return torch.cat([context, context[:, -1:]], dim=1)  # one token, no real generation
+
+    monkeypatch.setattr(HFLM, "_model_generate", record)
+    from frpo.evals import gsm8k
+
+    r = gsm8k.evaluate(tiny_model, lm_eval_cfg("gsm8k_maj8", nltk_dir, max_gen_toks=4))
+    assert r["n"] == 3 and seen
+    for kwargs in seen:
+        assert kwargs["do_sample"] is True and kwargs["temperature"] == 0.2
+        assert kwargs["top_p"] == 1.0 and kwargs["top_k"] == 0 and kwargs["repetition_penalty"] == 1.0
+        assert kwargs["min_p"] == 0.0
+
+
+# ---------------------------------------------------------------- lm-eval: MMLU offline is the stock 5-shot task
+
+
+def _mmlu_fixture_rows(subject, split):
+    return read_jsonl(FIXTURES / "mmlu" / subject / f"{split}.jsonl")
+
+
+def _requests(task_manager, names, num_fewshot=5):
+    loaded = task_manager.load(names)
+    out = {}
+    for name, task in loaded["tasks"].items():
+        task.set_config("num_fewshot", num_fewshot)
+        task.set_fewshot_seed(0)
+        task.build_all_requests(rank=0, world_size=1)
+        out[name] = [inst.arguments for inst in task.instances]
+    return out
+
+
+def test_mmlu_offline_prompts_equal_the_stock_subject_tasks(tmp_path, monkeypatch):
+    """The offline MMLU group renders, for each fixture subject, exactly the requests of lm-eval's stock
+    ``mmlu_<subject>`` task built on the same rows: the subject's header and its own 5 dev rows as shots."""
+    import datasets
+    from lm_eval.tasks import TaskManager
+
+    from frpo.evals.lm_eval_tasks import mmlu_subjects, write_tasks
+
+    real = datasets.load_dataset
+
+    def offline(path=None, name=None, **kwargs):  # the stock task's hub download, served from the fixture rows
+        if path == "cais/mmlu":
+            d = FIXTURES / "mmlu" / name
+            return real("json", data_files={"test": str(d / "test.jsonl"), "dev": str(d / "dev.jsonl")})
+        return real(path=path, name=name, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    assert len(mmlu_subjects()) == 57
+    group, info = write_tasks("mmlu", {"data_dir": str(FIXTURES), "subjects": MMLU_SUBJECTS}, tmp_path / "tasks")
+    assert info["subjects"] == MMLU_SUBJECTS
+    ours = _requests(TaskManager(include_path=str(tmp_path / "tasks")), [group])
+    import lm_eval
+
+    stock_dir = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"  # index only the stock MMLU YAMLs
+    stock = _requests(TaskManager(include_path=str(stock_dir), include_defaults=False),
+                      [f"mmlu_{s}" for s in MMLU_SUBJECTS])
+    for subject in MMLU_SUBJECTS:
+        mine, theirs = ours[f"frpo_mmlu_local_{subject}"], stock[f"mmlu_{subject}"]
+        assert mine == theirs
+        header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+        dev = _mmlu_fixture_rows(subject, "dev")
+        n_test = len(_mmlu_fixture_rows(subject, "test"))
+        assert len(mine) == 4 * n_test  # one loglikelihood request per choice
+        for context, _ in mine:
+            assert context.startswith(header + dev[0]["question"])
+            assert all(row["question"] in context for row in dev)  # this subject's own five shots
+    other = ours[f"frpo_mmlu_local_{MMLU_SUBJECTS[1]}"][0][0]
+    assert _mmlu_fixture_rows(MMLU_SUBJECTS[0], "dev")[0]["question"] not in other
+
+
+def test_mmlu_offline_needs_every_subject_or_an_explicit_list(tmp_path):
+    from frpo.evals.lm_eval_tasks import write_tasks
+
+    with pytest.raises(FileNotFoundError, match=r"lacks 55 of the 57 subjects .*eval\.mmlu\.subjects"):
+        write_tasks("mmlu", {"data_dir": str(FIXTURES), "subjects": None}, tmp_path / "a")
+    with pytest.raises(ValueError, match="unknown subject"):
+        write_tasks("mmlu", {"data_dir": str(FIXTURES), "subjects": ["astrology"]}, tmp_path / "b")
+
+
+def test_mmlu_offline_reads_the_hf_parquet_layout(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from frpo.evals.lm_eval_tasks import write_tasks
+
+    for split in ("test", "dev"):
+        d = tmp_path / "data" / "mmlu" / "astronomy"
+        d.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(_mmlu_fixture_rows("astronomy", split)), d / f"{split}-00000-of-00001.parquet")
+    write_tasks("mmlu", {"data_dir": str(tmp_path / "data"), "subjects": ["astronomy"]}, tmp_path / "tasks")
+    import yaml
+
+    doc = yaml.safe_load((tmp_path / "tasks" / "frpo_mmlu_local_astronomy.yaml").read_text())
+    assert doc["dataset_path"] == "parquet"
+    assert doc["dataset_kwargs"]["data_files"]["dev"] == [str(d / "dev-00000-of-00001.parquet")]
+
+
+# ---------------------------------------------------------------- lm-eval: positive and negative controls
+
+
+def _answer_key(benchmark: str, correct: bool) -> dict[str, str]:
+    """question text -> what the double answers for it (the gold answer, or a wrong one)."""
+    if benchmark == "math500":
+        return {r["problem"]: f"So the answer is $\\boxed{{{r['answer'] if correct else '123457'}}}$."
+                for r in read_jsonl(FIXTURES / "math500.jsonl")}
+    if benchmark == "gsm8k_maj8":
+        return {r["question"]: f"The answer is {r['answer'].split('####')[-1].strip() if correct else 999999}."
+                for r in read_jsonl(FIXTURES / "gsm8k.jsonl")}
+    if benchmark == "mmlu":
+        rows = [r for s in MMLU_SUBJECTS for r in _mmlu_fixture_rows(s, "test")]
+        return {r["question"]: "ABCD"[r["answer"] if correct else (r["answer"] + 1) % 4] for r in rows}
+    if benchmark == "ifeval":
+        if not correct:  # upper case, 6 short sentences, no closing phrase: breaks every fixture instruction
+            return {r["prompt"]: "APPLE. PEAR. PLUM. FIG. KIWI. LIME." for r in read_jsonl(FIXTURES / "ifeval.jsonl")}
+        return {r["prompt"]: IFEVAL_RESPONSES[r["key"]] for r in read_jsonl(FIXTURES / "ifeval.jsonl")}
+    raise KeyError(benchmark)
+
+
+#: responses that follow the instructions of each fixture IFEval prompt
+IFEVAL_RESPONSES = {
+    9001: "dear neighbour, our grey cat has been missing since tuesday evening. she is small and very shy, and she "
+          "answers to the name of pepper. if you see her in your garden or your shed, please give us a call. thank "
+          "you so much for your help.",
+    9002: "The rain tapped softly on the window as the grey morning began, and the quiet street below shone with "
+          "puddles while people hurried past under their umbrellas. Is there anything else I can help with?",
+    9003: "Apples, bananas and cherries are three common fruits.",
+}
+
+
+def answer_key_lm(key: dict[str, str]):
+    """An lm-eval model double that answers from ``key``: the answer of the question that appears last in the
+    prompt (few-shot prompts hold other questions first). Multiple choice: the keyed letter is likely, others not."""
+    from lm_eval.api.model import LM
+
+    class AnswerKeyLM(LM):
+        tokenizer_name = "answer-key"
+
+        def _answer(self, context: str) -> str:
+            found = [(context.rfind(q), a) for q, a in key.items() if q in context]
+            assert found, f"no keyed question in the prompt: {context[-200:]!r}"
+            return max(found)[1]
+
+        def loglikelihood(self, requests):
+            return [(0.0 if cont.strip() == self._answer(ctx) else -10.0, True) for ctx, cont in
+                    (r.args for r in requests)]
+
+        def loglikelihood_rolling(self, requests):
+            raise NotImplementedError
+
+        def generate_until(self, requests):
+            return [self._answer(r.args[0]) for r in requests]
+
+        def apply_chat_template(self, chat_history, add_generation_prompt=True):
+            return "\n\n".join(m["content"] for m in chat_history)
+
+    return AnswerKeyLM()
+
+
+@pytest.mark.parametrize("correct", [True, False])
+@pytest.mark.parametrize("benchmark", ["math500", "gsm8k_maj8", "mmlu", "ifeval"])
+def test_lm_eval_positive_and_negative_controls(benchmark, correct, nltk_dir, monkeypatch):
+    from frpo.evals import lm_eval_tasks
+
+    double = answer_key_lm(_answer_key(benchmark, correct))
+    monkeypatch.setattr(lm_eval_tasks, "make_lm", lambda backend, model_path, opts, bench: (double, {"double": 1}, 1))
+    cfg = {**lm_eval_cfg(benchmark, nltk_dir), "max_prompts": 1}  # the demo's cap: it must not apply here
+    r = lm_eval_tasks.run_lm_eval(benchmark, "unused", cfg)
+    expected_n = {"math500": 3, "gsm8k_maj8": 3, "mmlu": 4, "ifeval": 3}[benchmark]
+    assert r["value"] == (1.0 if correct else 0.0), r["samples"]
+    assert r["n"] == expected_n and r["limit"] is None
+    assert r["ci95"] == ([1.0, 1.0] if correct else [0.0, 0.0])
+    if benchmark == "gsm8k_maj8":
+        assert r["n_malformed"] == 0
+    if benchmark == "ifeval" and correct:
+        assert all(v == 1.0 for v in r["metrics"].values())  # strict and loose, prompt and instruction level
+
+
+def test_lm_eval_limit_comes_from_the_benchmark_section_only(nltk_dir, monkeypatch):
+    from frpo.evals import lm_eval_tasks
+
+    double = answer_key_lm(_answer_key("mmlu", True))
+    monkeypatch.setattr(lm_eval_tasks, "make_lm", lambda backend, model_path, opts, bench: (double, {}, 1))
+    r = lm_eval_tasks.run_lm_eval("mmlu", "unused", {**lm_eval_cfg("mmlu", nltk_dir, limit=1), "max_prompts": 3})
+    assert r["limit"] == 1 and r["n"] == 2  # one item per subject task
+    assert r["value"] == 1.0
+
+
+# ---------------------------------------------------------------- EvalPlus
 
 
 def test_mbpp_plus_end_to_end(tiny_model, tmp_path):
@@ -251,86 +572,3 @@ def test_evalplus_scoring_subprocess_is_bounded(tmp_path):
     _canonical_samples(data, samples)
     with pytest.raises(TimeoutError):
         score_samples("humaneval", samples, data, timeout_s=0.5, cache_dir=tmp_path / "cache")
-
-
-def test_transformers_backend_shapes(tiny_model):
-    from frpo.evals.backend import get_backend, to_messages
-
-    assert to_messages("hi", "sys") == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
-    b = get_backend(tiny_model, "auto", device="cpu", batch_size=2)
-    assert b.name == "transformers"
-    out = b.generate(["what is 1", [{"role": "user", "content": "the answer"}], "a"], max_new_tokens=4)
-    assert len(out) == 3 and all(len(o) == 1 and isinstance(o[0], str) for o in out)
-    assert b.generate(["what is 1"], max_new_tokens=4) == b.generate(["what is 1"], max_new_tokens=4)[:1]
-    out = b.generate(["what is 1", "a"], max_new_tokens=4, temperature=0.7, n=3, system_prompt="be brief")
-    assert [len(o) for o in out] == [3, 3]
-    with pytest.raises(ValueError):
-        b.generate(["a"], max_new_tokens=2, n=2)
-
-
-def test_transformers_backend_cuts_at_stop_strings_and_records_explicit_sampling(tiny_model, monkeypatch):
-    import frpo.generation
-    from frpo.evals.backend import get_backend
-
-    calls = []
-
-    def fake_generate(model, tokenizer, prompts, **kwargs):
-        calls.append(kwargs)
-        return types.SimpleNamespace(texts=["x = 1\n```\nprint(x)", "no stop here", "a\nif __name__ b\n```\n"][: len(prompts)])
-
-    b = get_backend(tiny_model, "transformers", device="cpu", batch_size=2)
-    monkeypatch.setattr(frpo.generation, "generate", fake_generate)
-    out = b.generate(["p", "q", "r"], max_new_tokens=7, temperature=0.5, top_p=0.9, stop=["\n```\n", "\nif __name__"])
-    assert out == [["x = 1"], ["no stop here"], ["a"]]  # each ends before its earliest stop string
-    assert calls[0]["top_p"] == 0.9 and calls[0]["do_sample"] is True and calls[0]["temperature"] == 0.5
-    s = b.settings()["sampling"]
-    assert s == {"do_sample": True, "temperature": 0.5, "top_p": 0.9, "top_k": None, "min_p": 0.0,
-                 "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_new_tokens": 7,
-                 "n": 1, "stop": ["\n```\n", "\nif __name__"]}
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    """A stand-in ``vllm`` module (vLLM needs a GPU): records what ``LLM`` and ``SamplingParams`` receive."""
-    record = {}
-
-    class SamplingParams:
-        def __init__(self, **kwargs):
-            record["sampling"] = kwargs
-            self.n = kwargs.get("n", 1)
-
-    class LLM:
-        def __init__(self, **kwargs):
-            record["engine"] = kwargs
-
-        def chat(self, messages, params, **kwargs):
-            record["chat"] = kwargs
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=" done ")] * params.n) for _ in messages]
-
-    module = types.ModuleType("vllm")
-    module.LLM, module.SamplingParams, module.__version__ = LLM, SamplingParams, "0.0-test"
-    monkeypatch.setitem(sys.modules, "vllm", module)
-    return record
-
-
-def test_vllm_backend_sampling_is_explicit_and_ignores_the_models_generation_config(fake_vllm):
-    from frpo.evals.backend import VLLMBackend, sampling_settings, vllm_sampling_kwargs
-
-    b = VLLMBackend("/models/m", seed=3)
-    assert fake_vllm["engine"]["generation_config"] == "vllm"  # not the model's shipped defaults
-    assert fake_vllm["engine"]["seed"] == 3 and fake_vllm["engine"]["model"] == "/models/m"
-    out = b.generate(["hi", "there"], max_new_tokens=5, temperature=0.7, top_p=0.9, n=2, stop=["\n```\n"])
-    assert out == [["done", "done"], ["done", "done"]]
-    assert fake_vllm["sampling"] == {"n": 2, "temperature": 0.7, "top_p": 0.9, "top_k": -1, "min_p": 0.0,
-                                     "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-                                     "max_tokens": 5, "stop": ["\n```\n"]}
-    settings = b.settings()
-    assert settings["engine"]["generation_config"] == "vllm"
-    assert settings["sampling"]["repetition_penalty"] == 1.0 and settings["sampling_params"] == fake_vllm["sampling"]
-    b.generate(["hi"], max_new_tokens=4)  # greedy: top_p moot, recorded as 1
-    assert fake_vllm["sampling"]["temperature"] == 0.0 and fake_vllm["sampling"]["top_p"] == 1.0
-    assert fake_vllm["sampling"]["stop"] is None
-    prefill = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure:"}]
-    b.generate([prefill], max_new_tokens=4)
-    assert fake_vllm["chat"] == {"use_tqdm": False, "add_generation_prompt": False, "continue_final_message": True}
-    assert vllm_sampling_kwargs(sampling_settings(max_new_tokens=1))["top_k"] == -1

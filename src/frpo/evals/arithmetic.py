@@ -11,6 +11,7 @@ import re
 from ..data import read_jsonl, resolve, spread
 from ..io import sha256_file
 from .harmbench import generation_settings, run_generation
+from .scoring import mean_result
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -29,16 +30,16 @@ def extract_answer(text: str) -> float | None:
 
 def evaluate(model_path, cfg: dict) -> dict:
     path = resolve(cfg["data"]["arithmetic"])
-    rows = spread([r for r in read_jsonl(path, required={"question": str, "split": str}) if r["split"] == "eval"],
-                  cfg.get("max_prompts"))
+    available = [r for r in read_jsonl(path, required={"question": str, "split": str}) if r["split"] == "eval"]
+    rows = spread(available, cfg.get("max_prompts"))
+    limit = cfg.get("max_prompts") if len(rows) < len(available) else None  # None: every held-out problem ran
     settings = generation_settings(cfg, {})  # greedy, chat template, the eval's max_new_tokens
     texts = run_generation(model_path, cfg, [r["question"] for r in rows], settings)
     answers = [extract_answer(t) for t in texts]
     correct = [a is not None and abs(a - float(r["final"])) < 1e-6 for a, r in zip(answers, rows)]
     return {
-        "metric": "accuracy",
-        "value": sum(correct) / len(correct),
-        "n": len(rows),
+        **mean_result("accuracy", correct, limit=limit),
+        "n_malformed": sum(a is None for a in answers),  # no number in the completion
         "dataset": {"path": cfg["data"]["arithmetic"], "sha256": sha256_file(path), "split": "eval"},
         "generation": settings,
         "samples": [{"question": r["question"], "response": t, "answer": a, "final": r["final"]}
