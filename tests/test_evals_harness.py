@@ -451,90 +451,8 @@ def test_lm_eval_limit_comes_from_the_benchmark_section_only(nltk_dir, monkeypat
 # ---------------------------------------------------------------- EvalPlus
 
 
-def test_mbpp_plus_end_to_end(tiny_model, tmp_path):
-    pytest.importorskip("evalplus")
-    from frpo.evals import evalplus_eval
-
-    cfg = {"benchmark": "mbpp_plus", "device": "cpu",
-           "mbpp_plus": {"data_path": str(FIXTURES / "mbpp_plus.jsonl"), "max_new_tokens": 8, "timeout_s": 120,
-                         "cache_dir": str(tmp_path / "cache"), "parallel": 2}}
-    r = evalplus_eval.evaluate(tiny_model, cfg)
-    json.dumps(r)
-    assert r["metric"] == "pass@1_plus" and r["n"] == 3
-    assert r["value"] == 0.0  # random weights write no working code
-    assert r["backend"] == "transformers" and r["generation"]["temperature"] == 0.0
-    assert r["evalplus_version"] == "0.3.1"
-    assert {s["task_id"] for s in r["samples"]} == {"Mbpp/9001", "Mbpp/9002", "Mbpp/9003"}
-
-
-class _PrefillFollowingBackend:
-    """Test double for a model that continues EvalPlus's prefill with a task's canonical code and closes the fence
-    (so the pipeline from prompt to score is checked with answers whose pass@1 is known: 1)."""
-
-    name = "test-double"
-
-    def __init__(self, problems):
-        self.solutions = {p["prompt"].strip(): p["canonical_solution"] for p in problems}
-        self.prompts = None
-
-    def settings(self):
-        return {"backend": self.name}
-
-    def generate(self, prompts, max_new_tokens, temperature=0.0, n=1):
-        self.prompts = prompts
-        out = []
-        for messages in prompts:
-            user = messages[0]["content"]
-            task_prompt = next(k for k in self.solutions if k in user)
-            out.append([self.solutions[task_prompt] + "```\n\nThis function works."])
-        return out
-
-
-def test_evalplus_prefills_the_response_prefix_and_scores_the_continuation(tmp_path, monkeypatch):
-    pytest.importorskip("evalplus")
-    from frpo.evals import backend as backend_mod
-    from frpo.evals import evalplus_eval
-
-    problems = [json.loads(x) for x in (FIXTURES / "mbpp_plus.jsonl").read_text().splitlines() if x.strip()]
-    double = _PrefillFollowingBackend(problems)
-    monkeypatch.setattr(backend_mod, "get_backend", lambda *a, **k: double)
-    cfg = {"benchmark": "mbpp_plus", "device": "cpu",
-           "mbpp_plus": {"data_path": str(FIXTURES / "mbpp_plus.jsonl"), "timeout_s": 120,
-                         "cache_dir": str(tmp_path / "cache"), "parallel": 2}}
-    r = evalplus_eval.evaluate(str(tmp_path), cfg)  # the double ignores the model directory
-    for messages in double.prompts:
-        assert messages[-1] == {"role": "assistant", "content": evalplus_eval.ASSISTANT_PREFILL}
-        assert messages[-1]["content"].endswith("```python\n")
-    assert r["value"] == 1.0 and r["metrics"]["pass@1_base"] == 1.0 and r["n"] == 3
-    assert all("```" not in s["solution"] and "This function works" not in s["solution"] for s in r["samples"])
-
-
-def test_an_assistant_prefill_is_continued_not_reopened(tiny_model):
-    from transformers import AutoTokenizer
-
-    from frpo.generation import _render
-
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    user = [{"role": "user", "content": "Write code."}]
-    opened = _render(tok, [user])[0]
-    prefilled = _render(tok, [[*user, {"role": "assistant", "content": "Sure:\n```python\n"}]])[0]
-    assert prefilled == opened + "Sure:\n```python\n"
-
-
-def test_humaneval_plus_end_to_end_with_limit(tiny_model, tmp_path):
-    pytest.importorskip("evalplus")
-    from frpo.evals import evalplus_eval
-
-    cfg = {"benchmark": "humaneval_plus",
-           "humaneval_plus": {"data_path": str(FIXTURES / "humaneval_plus.jsonl"), "max_new_tokens": 8,
-                              "limit": 1, "timeout_s": 120, "cache_dir": str(tmp_path / "cache")}}
-    r = evalplus_eval.evaluate(tiny_model, cfg)
-    assert r["n"] == 1 and r["dataset"]["limit"] == 1
-    assert r["samples"][0]["solution"].startswith("def add_one")  # prompt prepended to a non-code answer
-
-
 def _canonical_samples(path, out, override=None):
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)
     with open(out, "w") as f:
         for r in rows:
             sol = override.get(r["task_id"]) if override else None
@@ -544,8 +462,180 @@ def _canonical_samples(path, out, override=None):
             f.write(json.dumps({"task_id": r["task_id"], "solution": sol}) + "\n")
 
 
+class CodeKeyBackend:
+    """A backend double for EvalPlus: continues the response prefix with each task's canonical code (or a wrong
+    body), closes the fence and adds prose, then ends at the first stop string it is given, as a backend does."""
+
+    name = "test-double"
+
+    def __init__(self, problems, correct=True):
+        self.solutions = {}
+        for p in problems:
+            code = p["canonical_solution"]
+            if not code.lstrip().startswith(("def", "import", "from")):
+                code = p["prompt"] + code  # HumanEval: the signature and the body
+            if not correct:
+                code = f"def {p['entry_point']}(*args):\n    return 'wrong'\n"
+            self.solutions[p["prompt"].strip()] = code
+        self.calls = []
+
+    def settings(self):
+        return {"backend": self.name, "sampling": self.calls[-1] if self.calls else None}
+
+    def generate(self, prompts, max_new_tokens, temperature=0.0, n=1, stop=None):
+        from frpo.evals.backend import cut_at_stop
+
+        self.calls.append({"prompts": prompts, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                           "stop": stop})
+        out = []
+        for messages in prompts:
+            task_prompt = next(k for k in self.solutions if k in messages[0]["content"])
+            out.append([cut_at_stop(self.solutions[task_prompt] + "```\n\nThis function works.", stop)])
+        return out
+
+
+def use_double(monkeypatch, double):
+    from frpo.evals import backend as backend_mod
+
+    monkeypatch.setattr(backend_mod, "get_backend", lambda *a, **k: double)
+
+
+def test_evalplus_prompt_is_upstreams_chat_prompt(tiny_model):
+    """The rendered prompt equals EvalPlus 0.3.1's ``make_raw_chat_prompt`` (user turn + prefilled response
+    prefix) with the codegen prefixes, for the same tokenizer."""
+    from evalplus.provider.utility import make_raw_chat_prompt
+    from transformers import AutoTokenizer
+
+    from frpo.evals.evalplus_eval import INSTRUCTION_PREFIX, RESPONSE_PREFIX, build_prompt
+    from frpo.generation import _render
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for task in read_jsonl(FIXTURES / "mbpp_plus.jsonl") + read_jsonl(FIXTURES / "humaneval_plus.jsonl"):
+        upstream = make_raw_chat_prompt(task["prompt"].strip() + "\n", INSTRUCTION_PREFIX, RESPONSE_PREFIX, tok)
+        assert _render(tok, [build_prompt(task)])[0] == upstream
+
+
+def test_evalplus_positive_control_upstream_stops_and_no_global_cap(tmp_path, monkeypatch):
+    from evalplus.provider.utility import EOS
+
+    from frpo.evals import evalplus_eval
+
+    problems = read_jsonl(FIXTURES / "mbpp_plus.jsonl")
+    double = CodeKeyBackend(problems)
+    use_double(monkeypatch, double)
+    cfg = {"benchmark": "mbpp_plus", "device": "cpu", "max_prompts": 1,  # the demo's cap: it must not apply here
+           "mbpp_plus": {"data_path": str(FIXTURES / "mbpp_plus.jsonl"), "timeout_s": 120,
+                         "cache_dir": str(tmp_path / "cache"), "parallel": 2}}
+    r = evalplus_eval.evaluate(str(tmp_path), cfg)  # the double ignores the model directory
+    call = double.calls[0]
+    assert call["stop"] == [*EOS, "\n```\n"] and call["temperature"] == 0.0 and call["max_new_tokens"] == 768
+    for messages in call["prompts"]:
+        assert messages[-1] == {"role": "assistant", "content": evalplus_eval.ASSISTANT_PREFILL}
+    assert r["metric"] == "pass@1_base" and r["value"] == 1.0 and r["pass@1_plus"] == 1.0
+    assert r["metrics"] == {"pass@1_base": 1.0, "pass@1_plus": 1.0}
+    assert r["n"] == 3 and r["limit"] is None and r["ci95"] == [1.0, 1.0] and r["n_malformed"] == 0
+    assert all("```" not in s["solution"] and "This function works" not in s["solution"] for s in r["samples"])
+    wrong = CodeKeyBackend(problems, correct=False)
+    use_double(monkeypatch, wrong)
+    r = evalplus_eval.evaluate(str(tmp_path), cfg)
+    assert r["value"] == 0.0 and r["pass@1_plus"] == 0.0 and r["ci95"] == [0.0, 0.0]
+
+
+def test_evalplus_solution_is_the_sanitized_continuation_with_nothing_prepended():
+    from frpo.evals.evalplus_eval import extract_solution
+
+    task = read_jsonl(FIXTURES / "humaneval_plus.jsonl")[0]
+    body = "    return [v + 1 for v in values]\n"  # a bare body: upstream's chat mode scores it as it is
+    assert task["prompt"].strip() not in extract_solution(task, body)
+    code = "def add_one(values):\n\treturn [v + 1 for v in values]\n```\nDone."
+    assert extract_solution(task, code) == "def add_one(values):\n    return [v + 1 for v in values]"
+
+
+def test_mbpp_plus_end_to_end(tiny_model, tmp_path):
+    from frpo.evals import evalplus_eval
+
+    cfg = {"benchmark": "mbpp_plus", "device": "cpu",
+           "mbpp_plus": {"data_path": str(FIXTURES / "mbpp_plus.jsonl"), "max_new_tokens": 8, "timeout_s": 120,
+                         "cache_dir": str(tmp_path / "cache"), "parallel": 2}}
+    r = evalplus_eval.evaluate(tiny_model, cfg)
+    json.dumps(r)
+    assert r["metric"] == "pass@1_base" and r["n"] == 3
+    assert r["value"] == 0.0 and r["pass@1_plus"] == 0.0  # random weights write no working code
+    assert r["backend"] == "transformers" and r["generation"]["sampling"]["temperature"] == 0.0
+    assert r["generation"]["sampling"]["stop"][-1] == "\n```\n"
+    assert r["evalplus_version"] == "0.3.1"
+    assert {s["task_id"] for s in r["samples"]} == {"Mbpp/9001", "Mbpp/9002", "Mbpp/9003"}
+
+
+#: two MBPP+ tasks in the release file's format, whose inputs EvalPlus turns into sets (Mbpp/115) and complex
+#: numbers (Mbpp/252) when it loads them; a third plain one
+RELEASE_TASKS = [
+    {"task_id": "Mbpp/115", "prompt": '"""\nWrite a function to check whether all dictionaries in a list are empty or '
+     'not.\nassert empty_dit([{},{},{}])==True\n"""\n', "entry_point": "empty_dit",
+     "canonical_solution": "def empty_dit(list1):\n    return all(not d for d in list1)\n",
+     "base_input": [[[[], [], []]], [[[1, 2], []]]], "plus_input": [[[[3], [4, 5]]]], "atol": 0, "contract": ""},
+    {"task_id": "Mbpp/252", "prompt": '"""\nWrite a python function to convert complex numbers to polar '
+     'coordinates.\nassert convert(1) == (1.0, 0.0)\n"""\n', "entry_point": "convert",
+     "canonical_solution": "import cmath\ndef convert(numbers):\n    return cmath.polar(numbers)\n",
+     "base_input": [["1"], ["4+3j"]], "plus_input": [["-2-2j"]], "atol": 0, "contract": ""},
+    {"task_id": "Mbpp/3", "prompt": '"""\nWrite a python function to identify non-prime numbers.\n'
+     'assert is_not_prime(2) == False\n"""\n', "entry_point": "is_not_prime",
+     "canonical_solution": "def is_not_prime(n):\n    return n < 2 or any(n % i == 0 for i in range(2, n))\n",
+     "base_input": [[2], [10]], "plus_input": [[1]], "atol": 0, "contract": ""},
+]
+
+
+def test_evalplus_limit_without_data_path_and_affinity_parallelism(tmp_path, monkeypatch):
+    """``limit`` on the release file (no ``data_path``) once crashed writing the subset: EvalPlus's loader had
+    already turned Mbpp/115's inputs into sets and Mbpp/252's into complex numbers. Scoring workers follow the
+    CPUs this job may use, not the node's."""
+    import evalplus.data.utils
+
+    from frpo.evals import evalplus_eval
+
+    cache = tmp_path / "cache"
+    (cache / "evalplus").mkdir(parents=True)
+    (cache / "evalplus" / "MbppPlus-v0.2.0.jsonl").write_text("".join(json.dumps(t) + "\n" for t in RELEASE_TASKS))
+    monkeypatch.setattr(evalplus.data.utils, "CACHE_DIR", str(cache / "evalplus"))  # EvalPlus's own cache, offline
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert evalplus_eval.default_parallel() == 3
+    double = CodeKeyBackend(RELEASE_TASKS)
+    use_double(monkeypatch, double)
+    cfg = {"benchmark": "mbpp_plus", "mbpp_plus": {"limit": 2, "timeout_s": 120, "cache_dir": str(cache)}}
+    r = evalplus_eval.evaluate(str(tmp_path), cfg)
+    assert [s["task_id"] for s in r["samples"]] == ["Mbpp/115", "Mbpp/252"]
+    assert r["value"] == 1.0 and r["pass@1_plus"] == 1.0 and r["n"] == 2 and r["limit"] == 2
+    assert r["dataset"]["version"] == "MbppPlus-v0.2.0" and r["dataset"]["n_available"] == 3
+    assert r["scoring"]["parallel"] == 3
+
+
+def test_evalplus_generated_code_sees_no_secrets(tmp_path, monkeypatch):
+    from frpo.evals.evalplus_eval import score_samples, scrubbed_env
+
+    secrets = {"OPENAI_API_KEY": "sk-x", "HF_TOKEN": "hf_x", "MY_SERVICE_SECRET": "s", "DB_PASSWORD": "p",
+               "AWS_SESSION_TOKEN": "t", "anthropic_api_key": "a"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("FRPO_VISIBLE", "1")
+    assert not set(secrets) & set(scrubbed_env()) and scrubbed_env()["FRPO_VISIBLE"] == "1"
+    data = tmp_path / "data.jsonl"
+    task = {"task_id": "Mbpp/9100", "prompt": '"""\nReturn x.\nassert same(1) == 1\n"""\n', "entry_point": "same",
+            "canonical_solution": "def same(x):\n    return x\n", "base_input": [[1], [2]], "plus_input": [[3]],
+            "atol": 0, "contract": ""}
+    data.write_text(json.dumps(task) + "\n")
+    # passes only when none of the secrets is visible and the ordinary variables are
+    leak = (f"import os\nSECRETS = {sorted(secrets)!r}\n"
+            "def same(x):\n"
+            "    leaked = [k for k in SECRETS if k in os.environ]\n"
+            "    return x if not leaked and os.environ.get('FRPO_VISIBLE') == '1' else -1\n")
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "Mbpp/9100", "solution": leak}) + "\n")
+    res = score_samples("mbpp", samples, data, timeout_s=120, cache_dir=tmp_path / "cache", parallel=1)
+    assert res["eval"]["Mbpp/9100"][0]["base_status"] == "pass"
+
+
 def test_evalplus_scoring_canonical_pass_and_hung_task_fails(tmp_path):
-    pytest.importorskip("evalplus")
     from frpo.evals.evalplus_eval import score_samples
 
     data = FIXTURES / "mbpp_plus.jsonl"
@@ -564,7 +654,6 @@ def test_evalplus_scoring_canonical_pass_and_hung_task_fails(tmp_path):
 
 
 def test_evalplus_scoring_subprocess_is_bounded(tmp_path):
-    pytest.importorskip("evalplus")
     from frpo.evals.evalplus_eval import score_samples
 
     data = FIXTURES / "humaneval_plus.jsonl"
@@ -572,3 +661,26 @@ def test_evalplus_scoring_subprocess_is_bounded(tmp_path):
     _canonical_samples(data, samples)
     with pytest.raises(TimeoutError):
         score_samples("humaneval", samples, data, timeout_s=0.5, cache_dir=tmp_path / "cache")
+
+
+def test_an_assistant_prefill_is_continued_not_reopened(tiny_model):
+    from transformers import AutoTokenizer
+
+    from frpo.generation import _render
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    user = [{"role": "user", "content": "Write code."}]
+    opened = _render(tok, [user])[0]
+    prefilled = _render(tok, [[*user, {"role": "assistant", "content": "Sure:\n```python\n"}]])[0]
+    assert prefilled == opened + "Sure:\n```python\n"
+
+
+def test_humaneval_plus_end_to_end_with_limit(tiny_model, tmp_path):
+    from frpo.evals import evalplus_eval
+
+    cfg = {"benchmark": "humaneval_plus",
+           "humaneval_plus": {"data_path": str(FIXTURES / "humaneval_plus.jsonl"), "max_new_tokens": 8,
+                              "limit": 1, "timeout_s": 120, "cache_dir": str(tmp_path / "cache")}}
+    r = evalplus_eval.evaluate(tiny_model, cfg)
+    assert r["n"] == 1 and r["limit"] == 1 and r["dataset"]["limit"] == 1 and r["dataset"]["n_available"] == 2
+    assert not r["samples"][0]["solution"].startswith("def add_one")  # no prompt prepended to a non-code answer

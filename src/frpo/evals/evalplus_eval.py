@@ -1,18 +1,25 @@
 """MBPP+ and HumanEval+ (EvalPlus 0.3.1): greedy samples from our backend, scored by ``evalplus.evaluate``.
 
-* Prompts follow EvalPlus's chat formatting (``provider/utility.py::make_raw_chat_prompt``): the instruction
-  prefix, then the task prompt in a code fence, and the assistant turn prefilled with EvalPlus's response
-  prefix (ending in an opened python fence), which the model continues. The code is extracted from prefix +
-  completion by ``evalplus.sanitize`` (tree-sitter), as EvalPlus does for raw text.
+* Generation follows EvalPlus's chat mode (``codegen.py``, ``provider/{vllm,hf,utility}.py``): the user turn is the
+  instruction prefix and the task prompt in a code fence, the assistant turn is prefilled with the response prefix
+  (ending in an opened python fence) and the model continues it, greedily, up to ``max_new_tokens`` (768) or the
+  first of upstream's stop strings (``EOS`` plus the closing fence ``"\\n```\\n"``). As upstream, the solution is
+  ``evalplus.sanitize`` of that continuation (tabs as four spaces), with nothing prepended.
 * Scoring runs ``python -m evalplus.evaluate --dataset D --samples S.jsonl`` in a subprocess (its own session)
   under a wall-clock limit ``timeout_s``: past it the whole process group is killed and the rule fails with
   TimeoutError instead of hanging (EvalPlus 0.3.1's own per-task timeout can fail to kill a hung test: #294).
-  Per-test limits are EvalPlus's ``max(min_time_limit, gt_time_limit_factor x ground-truth time)``.
-* pass@1 is computed here (scoring.pass_at_1) from the per-task ``base_status``/``plus_status`` in EvalPlus's
-  result JSON (0.3.1 does not store pass@k): a task counts for the plus score only when both pass.
-* Offline data: ``data_path`` (a MbppPlus/HumanEvalPlus-format JSONL) is passed as ``MBPP_OVERRIDE_PATH`` /
-  ``HUMANEVAL_OVERRIDE_PATH``; with ``limit`` the first N tasks are written to a subset file that overrides the
-  dataset (EvalPlus refuses samples that do not cover every task).
+  Per-test limits are EvalPlus's ``max(min_time_limit, gt_time_limit_factor x ground-truth time)``. It runs
+  ``parallel`` workers, by default half the CPUs this job may use (``os.sched_getaffinity``; upstream halves the
+  node's ``cpu_count``, which oversubscribes a SLURM job and turns slow tests into timeouts), and the generated
+  code sees an environment without secrets (:func:`scrubbed_env`).
+* ``value`` is base pass@1 (``metric: pass@1_base``, Table 1's HumanEval column); ``pass@1_plus`` (base and plus
+  tests, EvalPlus's MBPP+/HumanEval+ number) is recorded beside it (scoring.pass_at_1, from the per-task
+  ``base_status``/``plus_status`` in EvalPlus's result JSON: 0.3.1 does not store pass@k).
+* Data: ``data_path`` (a MbppPlus/HumanEvalPlus-format JSONL) or the release file EvalPlus downloads into its cache
+  (``cache_dir``/evalplus, default ``~/.cache/evalplus``), passed to the scorer as ``MBPP_OVERRIDE_PATH`` /
+  ``HUMANEVAL_OVERRIDE_PATH``. The whole set runs unless this benchmark's section sets ``limit`` (the demo's
+  ``eval.max_prompts`` does not apply): then the first N tasks, as stored in the file, are written to a subset file
+  that overrides the dataset (EvalPlus refuses samples that do not cover every task).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,25 +36,48 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from .scoring import pass_at_1
+from .scoring import mean_result, pass_at_1
 
-__all__ = ["ASSISTANT_PREFILL", "DATASETS", "INSTRUCTION_PREFIX", "build_prompt", "evaluate", "extract_solution", "score_samples"]
+__all__ = ["ASSISTANT_PREFILL", "DATASETS", "INSTRUCTION_PREFIX", "build_prompt", "chat_stop", "default_parallel",
+           "evaluate", "extract_solution", "load_problems", "score_samples", "scrubbed_env"]
 
 INSTRUCTION_PREFIX = ("Please provide a self-contained Python script that solves the following problem in a "
                       "markdown code block:")
 RESPONSE_PREFIX = ("Below is a Python script with a self-contained function that solves the problem and passes "
                    "corresponding tests:")
 ASSISTANT_PREFILL = f"{RESPONSE_PREFIX}\n```python\n"  # EvalPlus's response prefix, which the model continues
-#: benchmark -> (evalplus dataset name, override environment variable, dataset version recorded)
+#: benchmark -> (evalplus dataset name, override environment variable, release name, release version)
 DATASETS = {
-    "mbpp_plus": ("mbpp", "MBPP_OVERRIDE_PATH", "MbppPlus-v0.2.0"),
-    "humaneval_plus": ("humaneval", "HUMANEVAL_OVERRIDE_PATH", "HumanEvalPlus-v0.1.10"),
+    "mbpp_plus": ("mbpp", "MBPP_OVERRIDE_PATH", "MbppPlus", "v0.2.0"),
+    "humaneval_plus": ("humaneval", "HUMANEVAL_OVERRIDE_PATH", "HumanEvalPlus", "v0.1.10"),
 }
 #: evalplus dataset name -> the environment variable that points it at a local file
-OVERRIDE_ENV = {name: env for name, env, _ in DATASETS.values()}
+OVERRIDE_ENV = {name: env for name, env, _, _ in DATASETS.values()}
+#: environment variables whose name contains one of these (upper-cased) never reach the generated code
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
 _DEFAULTS = {"backend": "auto", "device": None, "batch_size": 8, "max_new_tokens": 768, "limit": None,
              "data_path": None, "work_dir": None, "timeout_s": 3600, "parallel": None, "min_time_limit": 1.0,
              "gt_time_limit_factor": 4.0, "cache_dir": None}
+
+
+def chat_stop() -> list[str]:
+    """Upstream's chat-mode stop strings: ``provider/utility.py``'s ``EOS`` and the closing fence that
+    ``provider/vllm.py`` and ``provider/hf.py`` add when the tokenizer has a chat template."""
+    from evalplus.provider.utility import EOS
+
+    return [*EOS, "\n```\n"]
+
+
+def default_parallel() -> int:
+    """Scoring workers: half the CPUs this process may run on (its affinity, which a SLURM job sets), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def scrubbed_env(environ=None) -> dict:
+    """``environ`` (default ``os.environ``) without any variable whose name looks like a secret (an API key, a
+    token, a password, a credential): the environment the generated code runs in."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not any(m in k.upper() for m in SECRET_MARKERS)}
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -55,12 +86,25 @@ def _read_jsonl(path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _load_problems(dataset: str, data_path) -> list[dict]:
+def load_problems(benchmark: str, data_path=None, cache_dir=None) -> tuple[list[dict], Path, str]:
+    """The tasks of ``benchmark`` as stored in their file (JSON values, before EvalPlus turns some MBPP inputs into
+    tuples, sets or complex numbers), the file, and its version: ``data_path`` ("local"), else the release file in
+    EvalPlus's cache, downloaded there on first use (network)."""
+    _, _, name, release = DATASETS[benchmark]
     if data_path:
-        return _read_jsonl(data_path)
-    from evalplus.data import get_human_eval_plus, get_mbpp_plus  # downloads the release once (network)
+        path, label = Path(data_path), "local"
+        if not path.is_file():
+            raise FileNotFoundError(f"{benchmark}.data_path: {path} does not exist")
+    else:
+        from evalplus.data.utils import get_dataset_metadata, make_cache
 
-    return list((get_mbpp_plus() if dataset == "mbpp" else get_human_eval_plus()).values())
+        url, default = get_dataset_metadata(name, release, False, False)
+        path = Path(cache_dir) / "evalplus" / Path(default).name if cache_dir else Path(default)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            make_cache(url, str(path))
+        label = f"{name}-{release}"
+    return _read_jsonl(path), path, label
 
 
 def build_prompt(task: dict) -> list[dict]:
@@ -71,14 +115,11 @@ def build_prompt(task: dict) -> list[dict]:
 
 
 def extract_solution(task: dict, response: str) -> str:
-    """A complete program from a raw answer: EvalPlus's sanitizer (code block, entry point and its
-    dependencies); the task prompt is prepended when the answer lacks the entry point's ``def``."""
+    """The program EvalPlus's chat mode scores: its sanitizer (code block, entry point and its dependencies) applied
+    to the continuation of the prefill, tabs as four spaces; "" when there is no code."""
     from evalplus.sanitize import sanitize
 
-    code = sanitize(response, task["entry_point"])
-    if f"def {task['entry_point']}" not in code:
-        code = task["prompt"] + code  # a bare function body (direct completion)
-    return code
+    return sanitize(response.replace("\t", "    "), task["entry_point"])
 
 
 # evalplus.evaluate, with its threads made daemons: 0.3.1 starts a non-daemon "stucking_checker" thread that
@@ -99,20 +140,22 @@ Fire(evaluate)
 
 def score_samples(dataset: str, samples_path, data_path=None, *, timeout_s: float, parallel: int | None = None,
                   min_time_limit: float = 1.0, gt_time_limit_factor: float = 4.0, cache_dir=None) -> dict:
-    """Run ``evalplus.evaluate`` on a samples JSONL in a bounded subprocess; returns its result JSON."""
+    """Run ``evalplus.evaluate`` on a samples JSONL in a bounded subprocess with a scrubbed environment and
+    ``parallel`` workers (default :func:`default_parallel`); returns its result JSON."""
     samples_path = Path(samples_path)
     result_path = Path(str(samples_path).replace(".jsonl", "_eval_results.json"))
     result_path.unlink(missing_ok=True)  # 0.3.1 silently reuses an old result file
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**scrubbed_env(), "TOKENIZERS_PARALLELISM": "false"}
     env.pop("EVALPLUS_TIMEOUT_PER_TASK", None)  # a str there crashes 0.3.1's min()
+    for var in OVERRIDE_ENV.values():
+        env.pop(var, None)
     if data_path:
         env[OVERRIDE_ENV[dataset]] = str(Path(data_path).resolve())
     if cache_dir:
         env["XDG_CACHE_HOME"] = str(cache_dir)  # ground-truth cache (appdirs.user_cache_dir("evalplus"))
     cmd = [sys.executable, "-c", _RUNNER, "--dataset", dataset, "--samples", str(samples_path),
+           "--parallel", str(int(parallel or default_parallel())),
            "--min_time_limit", str(min_time_limit), "--gt_time_limit_factor", str(gt_time_limit_factor)]
-    if parallel:
-        cmd += ["--parallel", str(parallel)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -130,10 +173,9 @@ def evaluate(model_path, cfg: dict) -> dict:
     from .backend import backend_name, get_backend
 
     benchmark = cfg.get("benchmark", "mbpp_plus")
-    dataset, _, dataset_version = DATASETS[benchmark]
+    dataset = DATASETS[benchmark][0]
     opts = {**_DEFAULTS, **(cfg.get("evalplus") or {}), **(cfg.get(benchmark) or {})}
-    if opts["limit"] is None and cfg.get("max_prompts"):
-        opts["limit"] = cfg["max_prompts"]
+    parallel = int(opts["parallel"] or default_parallel())
     tmp = None
     if opts["work_dir"]:
         work = Path(opts["work_dir"])
@@ -142,8 +184,8 @@ def evaluate(model_path, cfg: dict) -> dict:
         tmp = tempfile.TemporaryDirectory(prefix=f"frpo_{benchmark}_")
         work = Path(tmp.name)
     try:
-        problems = _load_problems(dataset, opts["data_path"])
-        data_path = opts["data_path"]
+        problems, data_path, dataset_version = load_problems(benchmark, opts["data_path"], opts["cache_dir"])
+        n_available = len(problems)
         if opts["limit"]:
             problems = problems[: int(opts["limit"])]
             data_path = work / f"{benchmark}_subset.jsonl"
@@ -157,39 +199,39 @@ def evaluate(model_path, cfg: dict) -> dict:
             backend = get_backend(model_path, name, device=opts["device"] or cfg.get("device"),
                                   batch_size=opts["batch_size"])
         responses = backend.generate([build_prompt(p) for p in problems], max_new_tokens=int(opts["max_new_tokens"]),
-                                     temperature=0.0, n=1)
+                                     temperature=0.0, n=1, stop=chat_stop())
         gen_seconds = time.perf_counter() - t0
-        rows = [{"task_id": p["task_id"], "solution": extract_solution(p, ASSISTANT_PREFILL + r[0]), "raw": r[0]}
+        rows = [{"task_id": p["task_id"], "solution": extract_solution(p, r[0]), "raw": r[0]}
                 for p, r in zip(problems, responses)]
         samples_path = work / f"{benchmark}_samples.jsonl"
         samples_path.write_text("".join(json.dumps({"task_id": r["task_id"], "solution": r["solution"]}) + "\n"
                                         for r in rows))
         t1 = time.perf_counter()
         result = score_samples(dataset, samples_path, data_path, timeout_s=float(opts["timeout_s"]),
-                               parallel=opts["parallel"], min_time_limit=opts["min_time_limit"],
+                               parallel=parallel, min_time_limit=opts["min_time_limit"],
                                gt_time_limit_factor=opts["gt_time_limit_factor"], cache_dir=opts["cache_dir"])
         score_seconds = time.perf_counter() - t1
     finally:
         if tmp is not None:
             tmp.cleanup()
     scores = pass_at_1(result["eval"])
+    per_task = [scores["per_task"][r["task_id"]] for r in rows]
     return {
-        "metric": "pass@1_plus",
-        "value": scores["plus"],
-        "metrics": {"pass@1_plus": scores["plus"], "pass@1_base": scores["base"]},
-        "n": scores["n_tasks"],
+        **mean_result("pass@1_base", [t["base"] for t in per_task], limit=opts["limit"], value=scores["base"]),
+        "pass@1_plus": scores["plus"],
+        "ci95_plus": mean_result("pass@1_plus", [t["plus"] for t in per_task], limit=opts["limit"])["ci95"],
+        "metrics": {"pass@1_base": scores["base"], "pass@1_plus": scores["plus"]},
+        "n_malformed": sum(1 for r in rows if not re.search(r"\S", r["solution"])),  # no code in the answer
         "evalplus_version": version("evalplus"),
-        "dataset": {"name": dataset, "version": dataset_version if not opts["data_path"] else "local",
+        "dataset": {"name": dataset, "version": dataset_version,
                     "data_path": str(opts["data_path"]) if opts["data_path"] else None,
-                    "limit": opts["limit"], "hash": result.get("hash")},
-        "generation": {**backend.settings(), "do_sample": False, "temperature": 0.0, "n": 1,
-                       "max_new_tokens": int(opts["max_new_tokens"]),
+                    "n_available": n_available, "limit": opts["limit"], "hash": result.get("hash")},
+        "generation": {**backend.settings(),
                        "prompt_format": "evalplus chat: instruction prefix, assistant prefilled with the response prefix"},
         "backend": backend.name,
         "scoring": {"min_time_limit": opts["min_time_limit"], "gt_time_limit_factor": opts["gt_time_limit_factor"],
-                    "timeout_s": opts["timeout_s"], "parallel": opts["parallel"]},
+                    "timeout_s": opts["timeout_s"], "parallel": parallel, "env": "secrets removed"},
         "timings": {"generation_s": round(gen_seconds, 2), "scoring_s": round(score_seconds, 2)},
         "samples": [{"task_id": r["task_id"], "raw": r["raw"], "solution": r["solution"],
                      **scores["per_task"][r["task_id"]]} for r in rows],
     }
-
