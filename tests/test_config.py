@@ -236,3 +236,18 @@ def test_the_old_lambda_scale_names_are_refused():
     config["rl"]["lambda_scale"] = "paper"  # ambiguous: the paper's text and its figures use different scalings
     with pytest.raises(ConfigError, match=r"rl\.lambda_scale: 'paper' is not one of \['equation_4_1', 'max_lambda_1'\]"):
         validate_config(config, SCHEMA)
+
+
+def test_precision_reaches_every_training_stage_and_only_when_set():
+    from frpo.config import warmup_spec
+
+    config = load("config.yaml")
+    specs = lambda c: [warmup_spec(c), rl_spec(c, "grpo", None),  # noqa: E731
+                       finetune_spec(c, finetune_settings(c)[0], None)]
+    assert all("precision" not in s for s in specs(config))  # the device's default (frpo.training.precision)
+    config["precision"] = "bf16-mixed"
+    validate_config(config, SCHEMA)
+    assert [s["precision"] for s in specs(config)] == ["bf16-mixed"] * 3
+    config["precision"] = "bf16"  # pure bf16 weights: refused (most AdamW updates vanish at lr 1e-6)
+    with pytest.raises(ConfigError, match=r"precision: 'bf16' is not one of \['fp32', 'bf16-mixed'\]"):
+        validate_config(config, SCHEMA)

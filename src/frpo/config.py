@@ -225,10 +225,18 @@ def prepare_spec(config: dict) -> dict:
     return {"model": config["model"], "vocab_files": sorted(config["data"].values())}
 
 
+def _training(config: dict) -> dict:
+    """What every training stage's spec carries: the device, the seed and (when the config sets it) the
+    precision, which otherwise follows the device (frpo.training.precision)."""
+    out = {"device": config["device"], "seed": config["seed"]}
+    if "precision" in config:
+        out["precision"] = config["precision"]
+    return out
+
+
 def warmup_spec(config: dict) -> dict:
     return {
-        "device": config["device"],
-        "seed": config["seed"],
+        **_training(config),
         "dataset": {"path": config["data"]["refusal_demos"], "format": "chat"},
         "train": config["warmup"]["train"],
     }
@@ -239,7 +247,7 @@ def rl_spec(config: dict, run: str, classifier_path: str | None) -> dict:
     rl["beta"] = run_beta(config["rl"], run)  # the run's own β: editing another run's β leaves this one alone
     objective, lam = ("grpo", None) if run == "grpo" else ("frpo", float(run[len("frpo_lam"):]))
     return {
-        "run": run, "objective": objective, "frpo_lambda": lam, "seed": config["seed"], "device": config["device"],
+        "run": run, "objective": objective, "frpo_lambda": lam, **_training(config),
         "rl": rl, "judges": judges_spec(config, classifier_path),
         "data": {"safety_prompts": config["data"]["safety_prompts"]},
     }
@@ -257,7 +265,7 @@ def finetune_spec(config: dict, setting: str, classifier_path: str | None) -> di
         train["lora"] = ft["lora"]
     dataset = match["dataset"]
     return {
-        "device": config["device"], "seed": config["seed"],
+        **_training(config),
         "dataset": {"path": config["data"][dataset], "format": _FORMATS[dataset], "split": "train",
                     "max_examples": ft.get("max_examples")},
         "train": train, "track": ft["track"], "judges": judges_spec(config, classifier_path),
