@@ -93,7 +93,8 @@ def test_transformers_backend_cuts_at_stop_strings_and_records_explicit_sampling
 
     def fake_generate(model, tokenizer, prompts, **kwargs):
         calls.append(kwargs)
-        return types.SimpleNamespace(texts=["x = 1\n```\nprint(x)", "no stop here", "a\nif __name__ b\n```\n"][: len(prompts)])
+        return types.SimpleNamespace(texts=["x = 1\n```\nprint(x)", "no stop here", "a\nif __name__ b\n```\n"][: len(prompts)],
+                                     config={"repetition_penalty": 1.0})
 
     b = get_backend(tiny_model, "transformers", device="cpu", batch_size=2)
     monkeypatch.setattr(frpo.generation, "generate", fake_generate)
@@ -103,7 +104,7 @@ def test_transformers_backend_cuts_at_stop_strings_and_records_explicit_sampling
     s = b.settings()["sampling"]
     assert s == {"do_sample": True, "temperature": 0.5, "top_p": 0.9, "top_k": None, "min_p": 0.0,
                  "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_new_tokens": 7,
-                 "n": 1, "stop": ["\n```\n", "\nif __name__"]}
+                 "n": 1, "stop": ["\n```\n", "\nif __name__"], "sampler": {"repetition_penalty": 1.0}}
 
 
 @pytest.fixture
@@ -163,7 +164,7 @@ def test_arithmetic_positive_and_negative_control(monkeypatch, correct):
 
     finals = {r["question"]: r["final"] for r in read_rows(builtin("arithmetic"))}
 
-    def answer(model_path, cfg, prompts, settings):  # a backend double: the gold answer, or a wrong one
+    def answer(model_path, cfg, prompts, settings, sampler=None):  # a backend double: the gold answer, or not
         return [f"She pays 3 * 4 = 12.\n#### {finals[p] if correct else finals[p] + 1}" for p in prompts]
 
     monkeypatch.setattr(arithmetic, "run_generation", answer)
@@ -171,7 +172,7 @@ def test_arithmetic_positive_and_negative_control(monkeypatch, correct):
     r = arithmetic.evaluate("unused", cfg)
     assert r["value"] == (1.0 if correct else 0.0) and r["n"] == 5 and r["limit"] == 5
     assert r["n_malformed"] == 0 and r["ci95"] == ([1.0, 1.0] if correct else [0.0, 0.0])
-    monkeypatch.setattr(arithmetic, "run_generation", lambda m, c, prompts, s: ["I do not know."] * len(prompts))
+    monkeypatch.setattr(arithmetic, "run_generation", lambda m, c, prompts, *a: ["I do not know."] * len(prompts))
     r = arithmetic.evaluate("unused", {**cfg, "max_prompts": None})
     assert r["value"] == 0.0 and r["n_malformed"] == r["n"] == 80 and r["limit"] is None  # all held-out problems
 
@@ -181,9 +182,14 @@ def test_arithmetic_positive_and_negative_control(monkeypatch, correct):
 
 @pytest.fixture(scope="module")
 def nltk_dir(tmp_path_factory):
-    from frpo.evals.lm_eval_tasks import write_minimal_punkt_tab
-
-    return str(write_minimal_punkt_tab(tmp_path_factory.mktemp("nltk")))
+    """An *untrained* punkt_tab model (no abbreviations, collocations or sentence starters): IFEval's sentence
+    counting then splits at every period. Real runs install the trained one and point ``nltk_data`` at it."""
+    root = tmp_path_factory.mktemp("nltk")
+    d = root / "tokenizers" / "punkt_tab" / "english"
+    d.mkdir(parents=True)
+    for name in ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab"):
+        (d / name).touch()
+    return str(root)
 
 
 def lm_eval_cfg(benchmark, nltk_dir, **section):
@@ -250,27 +256,39 @@ def test_ifeval_without_punkt_fails_before_any_download(monkeypatch, tmp_path):
         ensure_punkt(None)
 
 
-def test_lm_eval_sampling_reaches_the_model_explicitly(tiny_model, nltk_dir, monkeypatch):
-    """GSM8K maj@8 samples (temperature 0.2): besides that, top_p 1, no top-k, no repetition penalty reach
-    ``model.generate``, whatever the model's generation_config says (Qwen2.5-Instruct: 1.05, top_k 20, top_p 0.8)."""
+def test_lm_eval_sampling_reaches_the_model_explicitly(tiny_model, nltk_dir, tmp_path, monkeypatch):
+    """GSM8K maj@8 samples at temperature 0.2 and nothing else: top_p 1, no top-k, no repetition penalty or n-gram
+    blocking reach ``model.generate``, although the model ships Qwen2.5-Instruct-like defaults."""
+    import shutil
+
     import torch
     from lm_eval.models.huggingface import HFLM
+    from transformers import GenerationConfig
 
+    model_dir = tmp_path / "qwen_like"
+    shutil.copytree(tiny_model, model_dir)
+    shipped = GenerationConfig.from_pretrained(model_dir)
+    shipped.update(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05,
+                   no_repeat_ngram_size=3)
+    shipped.save_pretrained(model_dir)
     seen = []
 
     def record(self, context, max_length, stop, **generation_kwargs):
-        seen.append(generation_kwargs)
+        merged = self.model.generation_config.to_dict() | generation_kwargs  # what generate() would use
+        seen.append(merged)
         return torch.cat([context, context[:, -1:]], dim=1)  # one token, no real generation
 
     monkeypatch.setattr(HFLM, "_model_generate", record)
     from frpo.evals import gsm8k
 
-    r = gsm8k.evaluate(tiny_model, lm_eval_cfg("gsm8k_maj8", nltk_dir, max_gen_toks=4))
+    r = gsm8k.evaluate(str(model_dir), lm_eval_cfg("gsm8k_maj8", nltk_dir, max_gen_toks=4))
     assert r["n"] == 3 and seen
-    for kwargs in seen:
-        assert kwargs["do_sample"] is True and kwargs["temperature"] == 0.2
-        assert kwargs["top_p"] == 1.0 and kwargs["top_k"] == 0 and kwargs["repetition_penalty"] == 1.0
-        assert kwargs["min_p"] == 0.0
+    for used in seen:
+        assert used["do_sample"] is True and used["temperature"] == 0.2
+        assert used["top_p"] == 1.0 and used["top_k"] == 0 and used["repetition_penalty"] == 1.0
+        assert used["no_repeat_ngram_size"] == 0 and used["min_p"] in (None, 0.0)
+    assert r["generation"]["model_generation_config"]["repetition_penalty"] == 1.0
+    assert GenerationConfig.from_pretrained(model_dir).repetition_penalty == 1.05  # the model's own, untouched
 
 
 # ---------------------------------------------------------------- lm-eval: MMLU offline is the stock 5-shot task

@@ -34,14 +34,15 @@ def evaluate(model_path, cfg: dict) -> dict:
     rows = spread(available, cfg.get("max_prompts"))
     limit = cfg.get("max_prompts") if len(rows) < len(available) else None  # None: every held-out problem ran
     settings = generation_settings(cfg, {})  # greedy, chat template, the eval's max_new_tokens
-    texts = run_generation(model_path, cfg, [r["question"] for r in rows], settings)
+    sampler: dict = {}
+    texts = run_generation(model_path, cfg, [r["question"] for r in rows], settings, sampler)
     answers = [extract_answer(t) for t in texts]
     correct = [a is not None and abs(a - float(r["final"])) < 1e-6 for a, r in zip(answers, rows)]
     return {
         **mean_result("accuracy", correct, limit=limit),
         "n_malformed": sum(a is None for a in answers),  # no number in the completion
         "dataset": {"path": cfg["data"]["arithmetic"], "sha256": sha256_file(path), "split": "eval"},
-        "generation": settings,
+        "generation": {**settings, "sampler": sampler},
         "samples": [{"question": r["question"], "response": t, "answer": a, "final": r["final"]}
                     for r, t, a in zip(rows, texts, answers)],
     }

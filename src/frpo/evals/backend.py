@@ -143,6 +143,7 @@ class TransformersBackend:
         gen = generate(self.model, self.tokenizer, flat, max_new_tokens=settings["max_new_tokens"],
                        do_sample=settings["do_sample"], temperature=settings["temperature"] or 1.0,
                        top_p=settings["top_p"], batch_size=self.batch_size)
+        self.sampling = {**settings, "sampler": getattr(gen, "config", None)}  # what generate() sampled with
         texts = [cut_at_stop(t, settings["stop"]).strip() for t in gen.texts]
         return [texts[i * n:(i + 1) * n] for i in range(len(messages))]
 

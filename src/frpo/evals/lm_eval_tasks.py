@@ -17,7 +17,8 @@ Tasks (spec: ../shared/reference/evals.md §3):
 
 Sampling is explicit: besides the task's own settings, every generation gets ``top_p`` 1, no top-k, no min-p and
 no repetition (presence, frequency) penalty (:func:`frpo.evals.backend.neutral_sampling_kwargs`), so nothing from
-the model's shipped ``generation_config`` leaks in; vLLM is also built with ``generation_config="vllm"``.
+the model's shipped ``generation_config`` leaks in: vLLM is built with ``generation_config="vllm"``, and the ``hf``
+model generates with a complete neutral config in place of its own (:func:`hf_generation_config`).
 
 The whole benchmark runs unless the benchmark's own section (or ``lm_eval``) sets ``limit`` (items per task):
 the demo's global ``eval.max_prompts`` does not apply here. The result records ``limit`` (null for a full run),
@@ -42,10 +43,11 @@ from pathlib import Path
 
 import yaml
 
+from ..generation import explicit_generation_config, generation_record
 from .scoring import mean_result
 
-__all__ = ["LM_EVAL_BENCHMARKS", "QWEN_MATH_SYSTEM", "ensure_punkt", "lm_eval_gen_kwargs", "make_lm",
-           "mmlu_subjects", "run_lm_eval", "write_minimal_punkt_tab", "write_tasks"]
+__all__ = ["LM_EVAL_BENCHMARKS", "QWEN_MATH_SYSTEM", "ensure_punkt", "hf_generation_config", "lm_eval_gen_kwargs",
+           "make_lm", "mmlu_subjects", "run_lm_eval", "write_tasks"]
 
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 TASKS_DIR = Path(__file__).with_name("tasks")
@@ -98,19 +100,6 @@ def mmlu_subjects() -> list[str]:
     """The subjects of lm-eval's stock ``mmlu`` group (57), read from its installed task YAMLs."""
     d = _lm_eval_tasks_dir() / LM_EVAL_BENCHMARKS["mmlu"]["subjects_dir"]
     return sorted(p.stem[len("mmlu_"):] for p in d.glob("mmlu_*.yaml"))
-
-
-def write_minimal_punkt_tab(root: str | Path, lang: str = "english") -> Path:
-    """An *untrained* punkt_tab model (no abbreviations, collocations or sentence starters) under ``root``.
-
-    For offline tests only: IFEval's sentence counting then splits at every period. Real runs install the
-    trained model (``python -m nltk.downloader -d DIR punkt_tab``) and point ``nltk_data`` at DIR.
-    """
-    d = Path(root) / "tokenizers" / "punkt_tab" / lang
-    d.mkdir(parents=True, exist_ok=True)
-    for name in ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab"):
-        (d / name).touch()
-    return Path(root)
 
 
 def ensure_punkt(nltk_data: str | Path | None = None) -> str:
@@ -231,6 +220,20 @@ def lm_eval_gen_kwargs(backend: str, max_gen_toks, greedy) -> dict | None:
     return kwargs
 
 
+def hf_generation_config(lm):
+    """For lm-eval's ``hf`` model: a complete neutral ``GenerationConfig`` (:func:`frpo.generation.generation_config`,
+    length left to lm-eval) that stands in for the model's shipped one while lm-eval generates, so that only
+    lm-eval's own generation kwargs apply on top of it. None for any other model."""
+    from ..generation import generation_config
+
+    model, tokenizer = getattr(lm, "model", None), getattr(lm, "tokenizer", None)
+    if model is None or tokenizer is None or not hasattr(model, "generation_config"):
+        return None
+    config = generation_config(model, tokenizer, do_sample=False, max_new_tokens=1)
+    config.max_new_tokens = None  # lm-eval passes max_length per request
+    return config
+
+
 def make_lm(backend: str, model_path, opts: dict, benchmark: str):
     """The lm-eval model (``hf`` or ``vllm``) for ``model_path``: ``(lm, model_args, batch_size)``."""
     import lm_eval.api.registry
@@ -291,14 +294,16 @@ def run_lm_eval(benchmark: str, model_path, cfg: dict) -> dict:
         task_manager = TaskManager(include_path=include, include_defaults=include is None)
         gen_kwargs = lm_eval_gen_kwargs(backend, opts["max_gen_toks"], opts["greedy"])
         lm, model_args, batch_size = make_lm(backend, model_path, opts, benchmark)
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=[task], num_fewshot=opts["num_fewshot"],
-            limit=opts["limit"], log_samples=True,  # every item's score: n, ci95, n_malformed
-            system_instruction=opts["system_instruction"], apply_chat_template=bool(opts["apply_chat_template"]),
-            fewshot_as_multiturn=bool(opts["apply_chat_template"]) and bool(opts["num_fewshot"]),
-            gen_kwargs=gen_kwargs, task_manager=task_manager, random_seed=opts["seed"],
-            numpy_random_seed=opts["seed"], torch_random_seed=opts["seed"], fewshot_random_seed=opts["seed"],
-        )
+        hf_config = hf_generation_config(lm)
+        with explicit_generation_config(getattr(lm, "model", None), hf_config):
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=[task], num_fewshot=opts["num_fewshot"],
+                limit=opts["limit"], log_samples=True,  # every item's score: n, ci95, n_malformed
+                system_instruction=opts["system_instruction"], apply_chat_template=bool(opts["apply_chat_template"]),
+                fewshot_as_multiturn=bool(opts["apply_chat_template"]) and bool(opts["num_fewshot"]),
+                gen_kwargs=gen_kwargs, task_manager=task_manager, random_seed=opts["seed"],
+                numpy_random_seed=opts["seed"], torch_random_seed=opts["seed"], fewshot_random_seed=opts["seed"],
+            )
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -338,6 +343,7 @@ def run_lm_eval(benchmark: str, model_path, cfg: dict) -> dict:
                     **data_info, "limit": opts["limit"]},
         "num_fewshot": opts["num_fewshot"],
         "generation": {"backend": backend, "model_args": model_args, "batch_size": batch_size, "gen_kwargs": gen_kwargs,
+                       "model_generation_config": generation_record(hf_config) if hf_config is not None else None,
                        "task_generation_kwargs": task_config.get("generation_kwargs"),
                        "repeats": task_config.get("repeats"),
                        "apply_chat_template": bool(opts["apply_chat_template"]),
