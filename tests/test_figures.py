@@ -48,7 +48,9 @@ def test_the_landscape_draws_an_error_bar_on_every_point(tmp_path, monkeypatch):
 
 def test_rl_curves(tmp_path):
     metrics = tmp_path / "grpo.jsonl"
-    metrics.write_text("".join(json.dumps({"step": s, "rewards/safety/mean": 0.1 * s, "rewards/safety/std": 0.05,
+    # a step whose batch held no harmful prompt logs null for the safety reward (TRL), as in the smoke run
+    metrics.write_text("".join(json.dumps({"step": s, "rewards/safety/mean": 0.1 * s if s != 2 else None,
+                                           "rewards/safety/std": 0.05 if s != 2 else None,
                                            "kl": 0.01 * s}) + "\n" for s in range(1, 4)))
     rl_curves([f"grpo={metrics}"], tmp_path / "fig" / "rl.png")
     assert (tmp_path / "fig" / "rl.png").is_file()

@@ -97,11 +97,13 @@ def rl_curves(metrics: list[str], out: str | Path) -> None:
         for run in _order(data["run"].unique()):
             rows = data[(data["run"] == run) & data[key].notna()].sort_values("step")
             style = {"color": "black", "linestyle": "--"} if run == "grpo" else {}
-            (line,) = ax.plot(rows["step"], rows[key], label=run_label(run), **style)
+            y = rows[key].astype(float)
+            (line,) = ax.plot(rows["step"], y, label=run_label(run), **style)
             spread = key.replace("/mean", "/std")
             if key.endswith("/mean") and spread in rows:
-                ax.fill_between(rows["step"], rows[key] - rows[spread], rows[key] + rows[spread],
-                                color=line.get_color(), alpha=0.15, linewidth=0)
+                sd = pd.to_numeric(rows[spread], errors="coerce").astype(float)  # null where nothing was scored
+                ax.fill_between(rows["step"].astype(float), y - sd, y + sd, color=line.get_color(), alpha=0.15,
+                                linewidth=0)
         ax.set_xlabel("RL step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
