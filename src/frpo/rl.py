@@ -109,7 +109,8 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = No
         lambda_scale=rl.get("lambda_scale", "equation_4_1"),
         beta=float(rl["beta"]),
         num_generations=G,
-        per_device_train_batch_size=per_device_batch(rl["prompts_per_step"], G, grad_accum, processes or world_size()),
+        per_device_train_batch_size=per_device_batch(rl["prompts_per_step"], G, grad_accum,
+                                                     processes or world_size()),
         gradient_accumulation_steps=grad_accum,
         max_completion_length=rl["max_completion_length"],
         temperature=rl.get("temperature", 1.0),
@@ -160,8 +161,9 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
         "processes": world_size(),
         "precision": precision_record(trainer.model, precision(spec, lora=bool(lora))),
         "generation": trainer_generation_record(trainer),
-        "schedule": {"lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type), "warmup_steps": args.warmup_steps,
-                     "weight_decay": args.weight_decay, "disable_dropout": args.disable_dropout},
+        "schedule": {"lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+                     "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
+                     "disable_dropout": args.disable_dropout},
     }
     with atomic_dir(out_dir) as tmp:
         trainer.save_model(str(tmp / "adapter" if peft_config else tmp / "model"))
