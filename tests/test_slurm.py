@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from frpo.models import merge_mem_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 SHIM = ROOT / "tests" / "slurm" / "shim"
@@ -161,9 +163,13 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
         assert flag(argv, "--mem") is not None and flag(argv, "-t", "--time") is not None, c
         assert "--requeue" in argv, c  # slurm-requeue: true
         assert "-A" not in argv and "--account" not in argv, c
-        if declared:
+        if "mem_mb" in declared:
             assert flag(argv, "--mem") == str(declared["mem_mb"]), c
+        if "runtime" in declared:
             assert flag(argv, "-t", "--time") == str(declared["runtime"]), c
+        if c["rule"] == "merge_lora":  # sized by the rule from its base model, not by the profile
+            assert "mem_mb" not in declared
+            assert flag(argv, "--mem") == str(merge_mem_mb(work / "results" / "smoke" / "warmup" / "model")), c
         if c["rule"] in GPU_RULES:
             assert flag(argv, "--gpus") == "1", c
             assert flag(argv, "--cpus-per-gpu") == str(declared["cpus_per_gpu"]), c

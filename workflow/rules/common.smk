@@ -13,6 +13,7 @@ from frpo.config import (
     validate_config,
     warmup_spec,
 )
+from frpo.models import merge_mem_mb
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), source="config")
 

@@ -1,5 +1,4 @@
 # LoRA merge: RL adapters -> full models, which fine-tuning and evaluation read.
-from frpo.models import merge_mem_mb
 
 
 rule merge_lora:
