@@ -149,9 +149,12 @@ class ForgettingTracker(TrainerCallback):
             self.measure(model, state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every_steps == 0 and self._due(state):
-            self._pending = state.global_step
-            control.should_log = True  # so that on_log fires at this step, with this step's loss
+        if state.global_step % self.every_steps == 0:
+            # on_log then fires at this step, with this step's loss. Every process logs (the Trainer gathers the
+            # loss across processes when it logs), only the main one measures.
+            control.should_log = True
+            if self._due(state):
+                self._pending = state.global_step
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs and "loss" in logs:
