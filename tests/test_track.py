@@ -1,8 +1,10 @@
-"""The forgetting tracker: per-token KL on sampled completions checked by hand, rewards on greedy completions,
-the RNG left as it was, the training loss of the very step, and the main process alone measuring."""
+"""The forgetting tracker: per-token and per-sequence KL on sampled completions checked by hand, each probe's
+rewards from its own judge on greedy completions, the columns named by the probes, the RNG left as it was, the
+training loss of the very step, and the main process alone measuring."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -13,7 +15,7 @@ from frpo import track
 from frpo.generation import generate
 from frpo.models import load_causal_lm
 from frpo.tiny import save_tiny_model
-from frpo.track import FIELDS, ForgettingTracker, read_rows
+from frpo.track import ForgettingTracker, Probe, fields, read_rows
 
 WORDS = "sure here is a plan sorry i cannot help with that how do bake bread make weapon".split()
 
@@ -48,8 +50,8 @@ NORMAL = ["how do i bake bread", "bake bread", "here is a plan"]
 def _tracker(model_dir, ref_model, tmp_path, **kw):
     model, tokenizer = load_causal_lm(model_dir)
     judges = RecordingJudge(), RecordingJudge()
-    tracker = ForgettingTracker(ref_model=ref_model, tokenizer=tokenizer, safety_prompts=SAFETY,
-                                normal_prompts=NORMAL, safety_judge=judges[0], helpfulness_judge=judges[1],
+    probes = [Probe("safety", SAFETY, judges[0]), Probe("helpfulness", NORMAL, judges[1])]
+    tracker = ForgettingTracker(ref_model=ref_model, tokenizer=tokenizer, probes=probes,
                                 csv_path=tmp_path / "tracking.csv", every_steps=1, max_new_tokens=6, seed=0, **kw)
     return tracker, model, tokenizer, judges
 
@@ -84,8 +86,11 @@ def test_per_token_kl_equals_the_hand_computed_sum_of_k3_over_tokens(tiny, other
     n = len(SAFETY)
     assert row["kl_per_token_sampled"] == pytest.approx(float(k3_sum.sum() / tokens.sum()), rel=1e-4)
     assert row["kl_safety_sampled"] == pytest.approx(float(k3_sum[:n].sum() / tokens[:n].sum()), rel=1e-4)
-    assert row["kl_normal_sampled"] == pytest.approx(float(k3_sum[n:].sum() / tokens[n:].sum()), rel=1e-4)
-    assert row["kl_per_token_sampled"] > 1e-3  # two different models: the check above is not 0 == 0
+    assert row["kl_helpfulness_sampled"] == pytest.approx(float(k3_sum[n:].sum() / tokens[n:].sum()), rel=1e-4)
+    # the sequence-level KL: the mean over prompts of each completion's sum of k3
+    assert row["kl_per_sequence_sampled"] == pytest.approx(float(k3_sum.mean()), rel=1e-4)
+    assert row["kl_per_token_sampled"] > 1e-3  # two different models: the checks above are not 0 == 0
+    assert len(set(tokens.tolist())) > 1  # lengths differ, so a per-sequence sum is not a rescaled per-token KL
 
 
 def test_kl_is_zero_against_itself_and_rewards_come_from_greedy_completions(tiny, tmp_path):
@@ -93,13 +98,128 @@ def test_kl_is_zero_against_itself_and_rewards_come_from_greedy_completions(tiny
     tracker, model, tokenizer, (safety_judge, helpful_judge) = _tracker(tiny, model, tmp_path)
     row = tracker.measure(model, 0)
     assert row["kl_per_token_sampled"] == pytest.approx(0.0, abs=1e-9)
+    assert row["kl_per_sequence_sampled"] == pytest.approx(0.0, abs=1e-9)
     greedy = generate(model, tokenizer, SAFETY + NORMAL, max_new_tokens=6, do_sample=False)
     assert safety_judge.seen == greedy.texts[: len(SAFETY)]
     assert helpful_judge.seen == greedy.texts[len(SAFETY):]
     expected = sum("sorry" in t for t in greedy.texts[: len(SAFETY)]) / len(SAFETY)
     assert row["safety_reward_greedy"] == pytest.approx(expected)
     assert row["safety_reward_greedy_ci_low"] <= expected <= row["safety_reward_greedy_ci_high"]
-    assert list(read_rows(tmp_path / "tracking.csv")[0]) == FIELDS
+    assert list(read_rows(tmp_path / "tracking.csv")[0]) == fields(["safety", "helpfulness"])
+
+
+def test_per_sequence_kl_is_per_token_kl_times_the_length_when_every_completion_has_the_same_length(
+        tiny, other_tiny, tmp_path, monkeypatch):
+    ref, _ = load_causal_lm(other_tiny)
+    model, tokenizer = load_causal_lm(tiny)
+    torch.manual_seed(0)
+    batch = generate(model, tokenizer, SAFETY + NORMAL, max_new_tokens=6, do_sample=True)
+    full = [i for i in range(len(batch.texts)) if int(batch.completion_mask[i].sum()) == 6]
+    assert len(full) >= 2
+    fixed = dataclasses.replace(batch, input_ids=batch.input_ids[full], attention_mask=batch.attention_mask[full],
+                                completion_mask=batch.completion_mask[full], texts=[batch.texts[i] for i in full])
+    prompts = [(SAFETY + NORMAL)[i] for i in full]
+    probes = [Probe("first", prompts[:1], RecordingJudge()), Probe("rest", prompts[1:], RecordingJudge())]
+    tracker = ForgettingTracker(ref_model=ref, tokenizer=tokenizer, probes=probes,
+                                csv_path=tmp_path / "t.csv", every_steps=1, max_new_tokens=6)
+    monkeypatch.setattr(track, "generate", lambda *a, **k: fixed)
+    row = tracker.measure(model, 0)
+    assert row["kl_per_token_sampled"] > 1e-3
+    assert row["kl_per_sequence_sampled"] == pytest.approx(6 * row["kl_per_token_sampled"], rel=1e-9)
+
+
+class ConstantJudge:
+    """Test double: always ``value``; records the prompts and responses it was shown."""
+
+    name, version = "constant_test_double", "test"
+
+    def __init__(self, value: float):
+        self.value, self.prompts, self.responses = value, [], []
+
+    def score(self, prompts, responses):
+        self.prompts += list(prompts)
+        self.responses += list(responses)
+        return [self.value] * len(responses)
+
+
+def test_each_probe_is_scored_by_its_own_judge_on_its_own_prompts(tiny, other_tiny, tmp_path):
+    ref, _ = load_causal_lm(other_tiny)
+    model, tokenizer = load_causal_lm(tiny)
+    prompts = {"harm": SAFETY[:1], "bread": NORMAL[:2], "plans_2": SAFETY[1:] + NORMAL[2:]}  # sizes 1, 2, 3
+    judges = {"harm": ConstantJudge(0.1), "bread": ConstantJudge(0.5), "plans_2": ConstantJudge(0.9)}
+    names = list(prompts)
+    tracker = ForgettingTracker(ref_model=ref, tokenizer=tokenizer,
+                                probes=[Probe(n, prompts[n], judges[n]) for n in names],
+                                csv_path=tmp_path / "t.csv", every_steps=1, max_new_tokens=6)
+    row = tracker.measure(model, 0)
+    greedy = generate(model, tokenizer, [p for n in names for p in prompts[n]], max_new_tokens=6, do_sample=False)
+    start = 0
+    for name in names:
+        value, n = judges[name].value, len(prompts[name])
+        assert row[f"{name}_reward_greedy"] == pytest.approx(value)
+        assert row[f"{name}_reward_greedy_ci_low"] == pytest.approx(value)
+        assert row[f"{name}_reward_greedy_ci_high"] == pytest.approx(value)
+        assert row[f"n_{name}"] == n
+        assert row[f"kl_{name}_sampled"] > 0
+        assert judges[name].prompts == prompts[name]
+        assert judges[name].responses == greedy.texts[start : start + n]
+        start += n
+    written = read_rows(tmp_path / "t.csv")
+    assert list(written[0]) == fields(names)
+    assert [float(written[0][f"{n}_reward_greedy"]) for n in names] == [0.1, 0.5, 0.9]
+
+
+def test_fields_are_named_by_the_probes_in_order():
+    assert fields(["safety", "helpfulness"]) == [
+        "step", "kl_per_token_sampled", "kl_per_sequence_sampled", "kl_safety_sampled", "kl_helpfulness_sampled",
+        "safety_reward_greedy", "safety_reward_greedy_ci_low", "safety_reward_greedy_ci_high",
+        "helpfulness_reward_greedy", "helpfulness_reward_greedy_ci_low", "helpfulness_reward_greedy_ci_high",
+        "n_safety", "n_helpfulness", "train_loss", "seconds",
+    ]
+
+
+def test_malformed_probe_sets_are_refused_naming_the_probe(tiny, tmp_path):
+    model, tokenizer = load_causal_lm(tiny)
+    judge = RecordingJudge()
+    with pytest.raises(ValueError, match="'math'"):
+        Probe("math", [], judge)
+    with pytest.raises(ValueError, match="'Math-1'"):
+        Probe("Math-1", ["x"], judge)
+    with pytest.raises(ValueError, match="'gsm'"):
+        fields(["gsm", "math", "gsm"])
+
+    def build(probes):
+        return ForgettingTracker(ref_model=model, tokenizer=tokenizer, probes=probes, csv_path=tmp_path / "t.csv",
+                                 every_steps=1, max_new_tokens=2)
+
+    with pytest.raises(ValueError, match="'safety' is named twice"):
+        build([Probe("safety", SAFETY, judge), Probe("safety", NORMAL, judge)])
+    with pytest.raises(ValueError, match="no probes"):
+        build([])
+    assert build([Probe("safety", SAFETY, judge)]).fields[-3:] == ["n_safety", "train_loss", "seconds"]
+
+
+def test_truncate_after_drops_later_rows_so_a_resumed_run_measures_them_again(tiny, tmp_path):
+    model, _ = load_causal_lm(tiny)
+    tracker, model, _, _ = _tracker(tiny, model, tmp_path)
+    for step in (0, 2, 4):
+        tracker.measure(model, step)
+    tracker.truncate_after(2)
+    assert [int(r["step"]) for r in read_rows(tmp_path / "tracking.csv")] == [0, 2]
+    assert tracker._due(SimpleNamespace(global_step=4, is_world_process_zero=True))
+    assert not tracker._due(SimpleNamespace(global_step=2, is_world_process_zero=True))
+
+
+def test_a_csv_written_for_other_probes_is_refused_not_mixed(tiny, tmp_path):
+    model, _ = load_causal_lm(tiny)
+    tracker, model, tokenizer, _ = _tracker(tiny, model, tmp_path)
+    tracker.measure(model, 0)
+    other = ForgettingTracker(ref_model=model, tokenizer=tokenizer,
+                              probes=[Probe("math", NORMAL, RecordingJudge())], csv_path=tmp_path / "tracking.csv",
+                              every_steps=1, max_new_tokens=2)
+    with pytest.raises(ValueError, match="columns"):
+        other.measure(model, 1)
+    assert [int(r["step"]) for r in read_rows(tmp_path / "tracking.csv")] == [0]
 
 
 def test_a_measurement_leaves_the_rng_as_it_was_and_repeats_itself(tiny, other_tiny, tmp_path):

@@ -1,29 +1,35 @@
-"""Stage 3, forgetting tracking: how far fine-tuning moves the model, and what it does to safety.
+"""Stage 3, forgetting tracking: how far fine-tuning moves the model, and what it does to a track's probes.
 
-At step 0 and every ``every_steps`` optimizer steps of a downstream fine-tuning run, :class:`ForgettingTracker`
-measures the current model on held-out prompts, in two passes:
+A *probe* (:class:`Probe`) is a named set of held-out prompts with the judge that scores completions of them; a
+track names its own (the safety track: ``safety``, harmful prompts scored by the safety judge, and
+``helpfulness``, benign prompts scored by the helpfulness judge; the math track its own). At step 0 and every
+``every_steps`` optimizer steps of a downstream fine-tuning run, :class:`ForgettingTracker` measures the current
+model on all probes' prompts together, in two passes:
 
-* **sampled** completions (temperature ``temperature``, one per prompt), for the per-token KL to the
-  pre-fine-tuning model, Σ k3 / Σ tokens over the sampled completion tokens (k3 = e^d − d − 1,
-  d = log π_ref − log π_θ, an unbiased estimate of KL(π_θ‖π_ref) only on samples from π_θ). Columns
-  ``kl_per_token_sampled`` (all prompts), ``kl_safety_sampled``, ``kl_normal_sampled``. The public code logged the
-  *sum* over tokens per sequence, on greedy completions (spec §2.4, §5.8);
-* **greedy** completions, for the rewards, as the public tracker scored them: the safety judge on held-out
-  harmful prompts (``safety_reward_greedy``) and the helpfulness judge on held-out benign prompts
-  (``helpfulness_reward_greedy``), each with a 95% bootstrap interval over the prompts (``*_ci_low``,
-  ``*_ci_high``).
+* **sampled** completions (temperature ``temperature``, one per prompt), for the KL to the pre-fine-tuning
+  model, from k3 = e^d − d − 1 with d = log π_ref − log π_θ on each sampled completion token (an unbiased
+  estimate of KL(π_θ‖π_ref) only on samples from π_θ): ``kl_per_token_sampled``, Σ k3 / Σ tokens over all
+  prompts, and per probe P ``kl_P_sampled``; ``kl_per_sequence_sampled``, the mean over all prompts of Σ k3 over
+  the completion's tokens, the sequence-level KL that the Donsker–Varadhan bound uses. The public code logged
+  only that sum, on greedy completions, under a per-token label (spec §2.4, §5.8);
+* **greedy** completions, for the rewards, as the public tracker scored them: per probe P, P's judge on P's
+  prompts (``P_reward_greedy``), with a 95% bootstrap interval over the prompts (``P_reward_greedy_ci_low``,
+  ``P_reward_greedy_ci_high``) and the number of prompts (``n_P``).
 
-``train_loss`` is the training loss logged at that very step (the tracker forces a log at its steps and
-measures from the log hook, which runs after the step's loss is known and before its checkpoint is saved).
-Rows go to a tidy CSV, one row per measurement. The sampling RNG is forked (CPU and the current CUDA device) and
-seeded per step, so tracking neither perturbs training nor depends on it. Under several processes only the main
-process measures and writes.
+The columns, in order, are :func:`fields` of the probe names. ``train_loss`` is the training loss logged at that
+very step (the tracker forces a log at its steps and measures from the log hook, which runs after the step's
+loss is known and before its checkpoint is saved). Rows go to a tidy CSV, one row per measurement; a CSV written
+with other columns (other probes) is refused rather than mixed. The sampling RNG is forked (CPU and the current
+CUDA device) and seeded per step, so tracking neither perturbs training nor depends on it. Under several
+processes only the main process measures and writes; every process logs at a tracking step.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,14 +40,58 @@ from .io import atomic_file
 from .objective import k3_kl
 from .stats import mean_and_ci
 
-__all__ = ["FIELDS", "ForgettingTracker", "read_rows"]
+__all__ = ["ForgettingTracker", "Probe", "fields", "read_rows"]
 
-FIELDS = [
-    "step", "kl_per_token_sampled", "kl_safety_sampled", "kl_normal_sampled",
-    "safety_reward_greedy", "safety_reward_greedy_ci_low", "safety_reward_greedy_ci_high",
-    "helpfulness_reward_greedy", "helpfulness_reward_greedy_ci_low", "helpfulness_reward_greedy_ci_high",
-    "n_safety", "n_normal", "train_loss", "seconds",
-]
+PROBE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A named set of held-out prompts and the judge that scores completions of them.
+
+    ``judge`` has ``.score(prompts, completions) -> list[float]`` (as :mod:`frpo.judges` judges do). ``name``
+    matches ``^[a-z][a-z0-9_]*$`` (it becomes part of CSV column names); ``prompts`` is not empty.
+    """
+
+    name: str
+    prompts: list[str]
+    judge: object
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not PROBE_NAME.match(self.name):
+            raise ValueError(f"probe name {self.name!r} does not match {PROBE_NAME.pattern}")
+        # a private copy: the caller's list changing later must not change what was measured
+        object.__setattr__(self, "prompts", list(self.prompts))
+        if not self.prompts:
+            raise ValueError(f"probe {self.name!r} has no prompts")
+        if not callable(getattr(self.judge, "score", None)):
+            raise TypeError(f"probe {self.name!r}: the judge has no score(prompts, completions) method")
+
+
+def _check_names(names: list[str]) -> None:
+    if not names:
+        raise ValueError("no probes: the tracker needs at least one")
+    seen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or not PROBE_NAME.match(name):
+            raise ValueError(f"probe name {name!r} does not match {PROBE_NAME.pattern}")
+        if name in seen:
+            raise ValueError(f"probe {name!r} is named twice")
+        seen.add(name)
+
+
+def fields(probe_names: list[str]) -> list[str]:
+    """The tracking CSV's columns, in order, for probes named ``probe_names``: ``step``, ``kl_per_token_sampled``,
+    ``kl_per_sequence_sampled``, ``kl_P_sampled`` for each probe P, then ``P_reward_greedy``,
+    ``P_reward_greedy_ci_low``, ``P_reward_greedy_ci_high`` for each P, then ``n_P`` for each P, ``train_loss``,
+    ``seconds``. Raises ValueError on no names, a duplicate or a malformed name."""
+    names = list(probe_names)
+    _check_names(names)
+    return (["step", "kl_per_token_sampled", "kl_per_sequence_sampled"]
+            + [f"kl_{p}_sampled" for p in names]
+            + [f"{p}_reward_greedy{suffix}" for p in names for suffix in ("", "_ci_low", "_ci_high")]
+            + [f"n_{p}" for p in names]
+            + ["train_loss", "seconds"])
 
 
 def rng_devices() -> list[int]:
@@ -50,18 +100,24 @@ def rng_devices() -> list[int]:
 
 
 def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a tracking CSV, as dicts of strings keyed by column."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
 class ForgettingTracker(TrainerCallback):
-    def __init__(self, *, ref_model, tokenizer, safety_prompts, normal_prompts, safety_judge, helpfulness_judge,
-                 csv_path, every_steps: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
-                 batch_size: int = 16):
+    """Measures the KL to ``ref_model`` and each probe's judge reward during fine-tuning (see the module
+    docstring), at step 0, every ``every_steps`` steps and at the end, appending rows to ``csv_path``."""
+
+    def __init__(self, *, ref_model, tokenizer, probes: list[Probe], csv_path, every_steps: int,
+                 max_new_tokens: int, temperature: float = 1.0, seed: int = 0, batch_size: int = 16):
+        self.probes = tuple(probes)
+        for probe in self.probes:
+            if not isinstance(probe, Probe):
+                raise TypeError(f"probes must be Probe instances, got {type(probe).__name__}")
+        self.fields = fields([p.name for p in self.probes])
         self.ref_model = ref_model
         self.tokenizer = tokenizer
-        self.safety_prompts, self.normal_prompts = list(safety_prompts), list(normal_prompts)
-        self.safety_judge, self.helpfulness_judge = safety_judge, helpfulness_judge
         self.csv_path = Path(csv_path)
         self.every_steps, self.max_new_tokens, self.temperature = every_steps, max_new_tokens, temperature
         self.seed, self.batch_size = seed, batch_size
@@ -70,33 +126,49 @@ class ForgettingTracker(TrainerCallback):
         self.generation: dict | None = None  # the generation configs of the latest measurement (for the summary)
 
     # -- bookkeeping, resumable --------------------------------------------------------------------------------
-    def _measured_steps(self) -> set[int]:
+    def _rows(self) -> list[dict]:
+        """The rows already written; a file with other columns (another probe set, an older format) is refused,
+        since appending to it would silently mix incomparable measurements."""
         if not self.csv_path.is_file():
-            return set()
-        return {int(r["step"]) for r in read_rows(self.csv_path)}
+            return []
+        with open(self.csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+        if header != self.fields:
+            raise ValueError(f"{self.csv_path} has columns {header}, but this tracker writes {self.fields}; "
+                             "move the file away or track the same probes")
+        return rows
+
+    def _measured_steps(self) -> set[int]:
+        return {int(r["step"]) for r in self._rows()}
 
     def truncate_after(self, step: int) -> None:
         """Drop rows measured after ``step`` (on resume from checkpoint-``step`` they are measured again)."""
         if not self.csv_path.is_file():
             return
-        rows = [r for r in read_rows(self.csv_path) if int(r["step"]) <= step]
-        self._write(rows, mode="w")
+        self._write([r for r in self._rows() if int(r["step"]) <= step], mode="w")
 
     def _write(self, rows: list[dict], mode: str = "a") -> None:
         """Append (or replace with) ``rows``; the file is rewritten whole and renamed, so a kill mid-write
         never leaves a truncated row behind."""
-        if mode == "a" and self.csv_path.is_file():
-            rows = read_rows(self.csv_path) + rows
+        if mode == "a":
+            rows = self._rows() + rows
         with atomic_file(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer = csv.DictWriter(f, fieldnames=self.fields)
             writer.writeheader()
             writer.writerows(rows)
 
     # -- the measurement ---------------------------------------------------------------------------------------
     def measure(self, model, step: int, train_loss: float | None = None) -> dict:
+        """Measure ``model`` at ``step`` (``train_loss``: that step's logged loss, if any), append the row to the
+        CSV and return it."""
         start = time.perf_counter()
-        prompts = self.safety_prompts + self.normal_prompts
-        n_safety = len(self.safety_prompts)
+        prompts = [prompt for probe in self.probes for prompt in probe.prompts]
+        bounds, at = {}, 0
+        for probe in self.probes:
+            bounds[probe.name] = slice(at, at + len(probe.prompts))
+            at += len(probe.prompts)
         with torch.random.fork_rng(devices=rng_devices()):
             torch.manual_seed(self.seed * 1_000_003 + step)
             sampled = generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, do_sample=True,
@@ -112,28 +184,26 @@ class ForgettingTracker(TrainerCallback):
         def per_token(rows: slice) -> float:
             return float(k3[rows].sum() / tokens[rows].sum().clamp(min=1))
 
-        safety = mean_and_ci(self.safety_judge.score(self.safety_prompts, greedy.texts[:n_safety]), seed=step)
-        helpful = mean_and_ci(self.helpfulness_judge.score(self.normal_prompts, greedy.texts[n_safety:]), seed=step)
-        row = {
-            "step": step,
-            "kl_per_token_sampled": per_token(slice(None)),
-            "kl_safety_sampled": per_token(slice(0, n_safety)),
-            "kl_normal_sampled": per_token(slice(n_safety, None)),
-            "safety_reward_greedy": safety["mean"],
-            "safety_reward_greedy_ci_low": safety["ci_low"],
-            "safety_reward_greedy_ci_high": safety["ci_high"],
-            "helpfulness_reward_greedy": helpful["mean"],
-            "helpfulness_reward_greedy_ci_low": helpful["ci_low"],
-            "helpfulness_reward_greedy_ci_high": helpful["ci_high"],
-            "n_safety": n_safety,
-            "n_normal": len(self.normal_prompts),
-            "train_loss": "" if train_loss is None else train_loss,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
+        row: dict = {"step": step, "kl_per_token_sampled": per_token(slice(None)),
+                     "kl_per_sequence_sampled": float(k3.sum(dim=1).mean())}
+        for probe in self.probes:
+            row[f"kl_{probe.name}_sampled"] = per_token(bounds[probe.name])
+        for probe in self.probes:
+            scores = list(probe.judge.score(probe.prompts, greedy.texts[bounds[probe.name]]))
+            if len(scores) != len(probe.prompts):
+                raise ValueError(f"probe {probe.name!r}: the judge returned {len(scores)} scores for "
+                                 f"{len(probe.prompts)} completions")
+            reward = mean_and_ci(scores, seed=step)
+            row[f"{probe.name}_reward_greedy"] = reward["mean"]
+            row[f"{probe.name}_reward_greedy_ci_low"] = reward["ci_low"]
+            row[f"{probe.name}_reward_greedy_ci_high"] = reward["ci_high"]
+        for probe in self.probes:
+            row[f"n_{probe.name}"] = len(probe.prompts)
+        row["train_loss"] = "" if train_loss is None else train_loss
+        row["seconds"] = round(time.perf_counter() - start, 3)
         self._write([row])
-        print(f"[track] step {step}: kl/token (sampled) {row['kl_per_token_sampled']:.4f}  "
-              f"safety (greedy) {row['safety_reward_greedy']:.3f}  "
-              f"helpfulness (greedy) {row['helpfulness_reward_greedy']:.3f}", flush=True)
+        rewards = "  ".join(f"{p.name} (greedy) {row[f'{p.name}_reward_greedy']:.3f}" for p in self.probes)
+        print(f"[track] step {step}: kl/token (sampled) {row['kl_per_token_sampled']:.4f}  {rewards}", flush=True)
         return row
 
     # -- TrainerCallback hooks ---------------------------------------------------------------------------------
