@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The built-in default (the CPU demo) applies only when no --configfile is given: a config named on the command
+# line is complete on its own and is never merged over the demo's (frpo.config checks it against the schema).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -43,6 +43,21 @@ def _cmd_prepare_model(a):
     return _print({"model": str(prepare_base_model(spec["model"], a.out, texts))})
 
 
+def _cmd_prepare_data(a):
+    from .io import atomic_write_text
+    from .tracks import get_track
+
+    spec = _spec(a.spec)
+    rows, info = get_track(spec["track"]).prepare(spec["key"], spec)
+    if not rows:
+        raise SystemExit(f"prepare-data: data.{spec['key']} of track {spec['track']!r} has no rows after preparing")
+    atomic_write_text(a.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    summary = {"track": spec["track"], "key": spec["key"], "source": spec["data"][spec["key"]], "rows": len(rows),
+               **info}
+    atomic_write_text(Path(a.out).with_suffix(".summary.json"), json.dumps(summary, indent=2) + "\n")
+    return _print(summary)
+
+
 def _cmd_fit_judge(a):
     from .judges.minilm import fit_refusal_judge
     from .data import resolve
@@ -85,34 +100,36 @@ def _cmd_evaluate(a):
     return _print({k: result[k] for k in ("benchmark", "metric", "value", "n", "seconds")})
 
 
-def _cmd_collect_tracking(a):
-    import pandas as pd
+def _cmd_collect(a):
+    from . import tables
+    from .io import atomic_file, labelled_paths
 
-    frames = []
-    from .io import labelled_paths
-
-    for label, path in labelled_paths(a.inputs):
-        run, _, setting = label.partition("/")
-        frames.append(pd.read_csv(path).assign(run=run, setting=setting))
-    table = pd.concat(frames)
-    table = table[["run", "setting", *[c for c in table.columns if c not in ("run", "setting")]]]
-    from .io import atomic_file
-
+    build = {"tracking": tables.tracking_table, "rl-metrics": tables.rl_metrics_table, "evals": tables.evals_table}
+    table = build[a.kind](a.track, labelled_paths(a.inputs))
     with atomic_file(a.out) as tmp:
         table.to_csv(tmp, index=False)
-    return _print({"rows": len(table), "out": a.out})
+    return _print({"table": a.kind, "rows": len(table), "out": a.out})
 
 
 def _cmd_figure(a):
-    from . import figures
+    import importlib
 
-    if a.kind == "lambda-landscape":
-        figures.lambda_landscape(a.tracking, a.out)
-    elif a.kind == "rl-curves":
-        figures.rl_curves(a.metrics, a.out)
-    else:
-        figures.final_table(a.tracking, a.evals, a.out, Path(a.out).with_suffix(".md"))
-    return _print({"figure": a.kind, "out": a.out})
+    from .io import labelled_paths
+    from .tracks import get_track
+
+    figures = get_track(a.track).FIGURES
+    if a.name not in figures:
+        raise SystemExit(f"figure: track {a.track!r} has no figure or table {a.name!r} (known: {', '.join(figures)})")
+    entry = figures[a.name]
+    given = {label: str(path) for label, path in labelled_paths(a.tables)}
+    missing = [t for t in entry["tables"] if t not in given]
+    if missing:
+        raise SystemExit(f"figure {a.name}: missing table(s) {', '.join(missing)} (give them as NAME=CSV)")
+    module, _, function = entry["draw"].partition(":")
+    draw = getattr(importlib.import_module(module), function)
+    outs = [a.out] if entry["kind"] == "figure" else [a.out, str(Path(a.out).with_suffix(".md"))]
+    draw(*[given[t] for t in entry["tables"]], *outs)
+    return _print({"figure": a.name, "track": a.track, "out": a.out})
 
 
 def _cmd_lambda_star(a):
@@ -145,25 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
     model = ("--model", {"required": True, "help": "input model directory"})
     ckpt = ("--ckpt", {"required": True, "help": "checkpoint directory (kept outside the outputs; resumed from)"})
     add("prepare-model", _cmd_prepare_model, "materialise the base model as plain safetensors", spec, out)
+    add("prepare-data", _cmd_prepare_data, "materialise one data key of a track (hub download, filters) as JSONL",
+        spec, out)
     add("fit-judge", _cmd_fit_judge, "fit the MiniLM refusal classifier and report its validation accuracy",
         ("--labelled", {"required": True, "help": "labelled responses (builtin:NAME or a path)"}), out)
     add("sft", _cmd_sft, "supervised fine-tuning (warm-up or downstream, with forgetting tracking)",
         spec, model, out, ckpt)
     add("rl", _cmd_rl, "RL training, GRPO or FRPO", spec, model, out, ckpt)
     add("lambda-select", _cmd_lambda_select, "λ* from a run's final within-group reward std (Remark 3.3)",
-        ("--metrics", {"required": True}), ("--rho", {"type": float, "required": True}),
+        ("--metrics", {"required": True, "nargs": "+", "help": "the GRPO run's metrics.jsonl, one per seed"}),
+        ("--rho", {"type": float, "required": True}),
         ("--last-k", {"type": int, "default": 5}), out)
     add("merge", _cmd_merge, "merge a LoRA adapter into its base model",
         ("--base", {"required": True}), ("--adapter", {"required": True}), out)
     add("evaluate", _cmd_evaluate, "run one benchmark on one model",
         ("--bench", {"required": True}), spec, model, out)
-    add("collect-tracking", _cmd_collect_tracking, "concatenate tracking CSVs into one tidy table", out,
-        ("inputs", {"nargs": "+", "metavar": "RUN/SETTING=CSV"}))
-    add("figure", _cmd_figure, "draw a figure or table",
-        ("kind", {"choices": ["lambda-landscape", "rl-curves", "table"]}), out,
-        ("--tracking", {"help": "the tidy tracking table written by collect-tracking"}),
-        ("--metrics", {"nargs": "*", "default": [], "metavar": "RUN=JSONL"}),
-        ("--evals", {"nargs": "*", "default": [], "metavar": "MODEL:BENCH=JSON"}))
+    track = ("--track", {"required": True, "help": "the track (frpo.tracks)"})
+    add("collect", _cmd_collect, "gather a track's results into one tidy table (frpo.tables)",
+        ("kind", {"choices": ["tracking", "rl-metrics", "evals"]}), track, out,
+        ("inputs", {"nargs": "+", "metavar": "TARGET=PATH"}))
+    add("figure", _cmd_figure, "draw one of a track's figures or tables from its tidy tables",
+        ("name", {"help": "a figure or table of the track (its FIGURES)"}), track, out,
+        ("tables", {"nargs": "+", "metavar": "TABLE=CSV"}))
     add("lambda-star", _cmd_lambda_star, "choose λ from the reward std and a KL budget ρ (Remark 3.3)",
         ("--rho", {"type": float, "required": True, "help": "KL budget ρ > 0"}),
         ("--std", {"type": float, "help": "within-prompt reward std: λ* = std/sqrt(2ρ)"}),

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from .data import SAFETY_PROMPT_FIELDS
+from .runs import LAMBDA_RE, parse_run, parse_setting, run_name, setting_name
+from .tracks import TRACKS, get_track
 
 __all__ = [
-    "ConfigError", "eval_spec", "finetune_settings", "finetune_spec", "judges_spec", "prepare_spec", "rl_runs",
-    "rl_spec", "run_beta", "validate_config", "warmup_spec",
+    "ConfigError", "data_path", "data_spec", "eval_spec", "finetune_settings", "finetune_spec", "ft_seeds",
+    "judges_spec", "prepare_spec", "prepared_data", "rl_runs", "rl_seeds", "rl_spec", "run_beta", "run_value",
+    "track_names", "validate_config", "view", "warmup_spec",
 ]
 
 
@@ -37,6 +39,8 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     import jsonschema
 
     schema = yaml.safe_load(Path(schema_path).read_text())
+    # λ appears in run names: the schema's pattern is the one frpo.runs parses back
+    schema["$defs"]["lambda"]["pattern"] = f"^{LAMBDA_RE}$"
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
@@ -52,56 +56,113 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     return config
 
 
-#: The fields each data file must have (checked for every row at DAG start).
-DATA_FIELDS = {
-    "safety_prompts": SAFETY_PROMPT_FIELDS,
-    "refusal_demos": {"prompt": str, "response": str},
-    "judge_labelled": {"prompt": str, "response": str, "refusal": int, "split": str},
-    "arithmetic": {"question": str, "answer": str, "final": float, "split": str},
-    "alpaca": {"instruction": str, "input": str, "output": str},
-}
+def track_names(config: dict) -> list[str]:
+    """The tracks a config runs, in the order it lists them."""
+    return list(config["tracks"])
 
 
-def _check_data(config: dict, source: str) -> None:
-    """Every data file exists and parses: a missing file or a bad row fails now, naming the file and the line."""
+def view(config: dict, track: str) -> dict:
+    """Track ``track`` of ``config`` as one flat section: the shared keys (name, device, seed, precision), the
+    track's own block, ``track`` (its name) and ``results`` (its results directory)."""
+    out = {k: config[k] for k in ("name", "device", "seed", "precision") if k in config}
+    out.update(copy.deepcopy(config["tracks"][track]))
+    out["track"] = track
+    out["results"] = f"results/{config['name']}/{track}"
+    out.setdefault("warmup", {"enabled": False})
+    out.setdefault("judges", {})
+    return out
+
+
+def prepared_data(view: dict) -> list[str]:
+    """The data keys of a track that the ``prepare_data`` rule materialises (hub downloads, filters)."""
+    track = get_track(view["track"])
+    return [k for k, src in view["data"].items() if track.prepared(k, str(src))]
+
+
+def data_path(view: dict, key: str) -> str:
+    """Where the stages read data key ``key``: its prepared file, or the configured source."""
+    if key in prepared_data(view):
+        return f"{view['results']}/data/{key}.jsonl"
+    return str(view["data"][key])
+
+
+def _check_data(view: dict, where: str, source: str) -> None:
+    """The track's data keys are all given and known; every local file exists and parses (a missing file or a bad
+    row fails now, naming the file and the line). ``hub:`` sources are downloaded and checked by prepare_data."""
     from .data import DataError, read_jsonl, resolve
 
-    for key, spec in config["data"].items():
+    track = get_track(view["track"])
+    data = view["data"]
+    for key in data:
+        if key not in track.DATA:
+            raise ConfigError(f"{source}: {where}.data.{key}: not a data key of track {view['track']!r} "
+                              f"(known: {', '.join(track.DATA)})")
+    for key, spec in track.DATA.items():
+        if key not in data:
+            raise ConfigError(f"{source}: {where}.data.{key}: missing (track {view['track']!r} needs it)")
+        src = str(data[key])
+        if src.startswith("hub:"):
+            if not spec.get("hub"):
+                raise ConfigError(f"{source}: {where}.data.{key}: a hub source is not supported for this key")
+            continue
         try:
-            read_jsonl(resolve(spec), required=DATA_FIELDS[key])
+            read_jsonl(resolve(src), required=spec["fields"])
         except (DataError, FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"{source}: data.{key}: {err}") from err
+            raise ConfigError(f"{source}: {where}.data.{key}: {err}") from err
 
 
-def _check_semantics(config: dict, source: str) -> None:
-    _check_data(config, source)
-    rl = config["rl"]
+def _check_track(config: dict, name: str, source: str) -> None:
+    from .evals import BENCHMARKS
+
+    where = f"tracks.{name}"
+    if name not in TRACKS:
+        raise ConfigError(f"{source}: {where}: unknown track (known: {', '.join(sorted(TRACKS))})")
+    v = view(config, name)
+    track = get_track(name)
+    _check_data(v, where, source)
+    rl = v["rl"]
     for i, lam in enumerate(rl["lambdas"]):
         value = float(lam)
         if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{source}: rl.lambdas.{i}: λ must be > 0, got {lam!r}")
+            raise ConfigError(f"{source}: {where}.rl.lambdas.{i}: λ must be > 0, got {lam!r}")
     if "frpo" in rl["algorithms"] and not rl["lambdas"] and not rl.get("lambda_star", {}).get("enabled"):
-        raise ConfigError(f"{source}: rl.lambdas: FRPO needs at least one λ (or rl.lambda_star.enabled: true)")
+        raise ConfigError(f"{source}: {where}.rl.lambdas: FRPO needs at least one λ (or rl.lambda_star.enabled: true)")
     if rl.get("lambda_star", {}).get("enabled") and "grpo" not in rl["algorithms"]:
-        raise ConfigError(f"{source}: rl.lambda_star: λ* is read off the GRPO run; add grpo to rl.algorithms")
-    _check_beta(rl, source)
+        raise ConfigError(f"{source}: {where}.rl.lambda_star: λ* is read off the GRPO run; add grpo to rl.algorithms")
+    for key in PER_RUN_KEYS:
+        if key in rl:
+            _check_per_run(rl, key, f"{where}.rl", source)
     if ("steps" in rl) == ("epochs" in rl):
-        raise ConfigError(f"{source}: rl: give exactly one of rl.steps (optimiser steps) and rl.epochs (epochs over "
-                          "the training prompts, as the paper states its schedule)")
-    for i, lr in enumerate(config["finetune"]["learning_rates"]):
+        raise ConfigError(f"{source}: {where}.rl: give exactly one of rl.steps (optimiser steps) and rl.epochs "
+                          "(epochs over the training prompts, as the paper states its schedule)")
+    ft = v["finetune"]
+    for i, dataset in enumerate(ft["datasets"]):
+        if dataset not in track.FINETUNE:
+            raise ConfigError(f"{source}: {where}.finetune.datasets.{i}: {dataset!r} is not a fine-tuning set of "
+                              f"track {name!r} (known: {', '.join(track.FINETUNE)})")
+    for i, lr in enumerate(ft["learning_rates"]):
         if not float(lr) > 0:
-            raise ConfigError(f"{source}: finetune.learning_rates.{i}: must be > 0, got {lr!r}")
-    model = config["model"]
+            raise ConfigError(f"{source}: {where}.finetune.learning_rates.{i}: must be > 0, got {lr!r}")
+    if v["warmup"]["enabled"] and not getattr(track, "WARMUP_DATA", None):
+        raise ConfigError(f"{source}: {where}.warmup.enabled: track {name!r} has no warm-up data")
+    if v["warmup"]["enabled"] and "train" not in v["warmup"]:
+        raise ConfigError(f"{source}: {where}.warmup.train: missing (the warm-up is enabled)")
+    for i, bench in enumerate(v["eval"]["benchmarks"]):
+        if bench not in BENCHMARKS:
+            raise ConfigError(f"{source}: {where}.eval.benchmarks.{i}: {bench!r} is not a benchmark "
+                              f"(known: {', '.join(BENCHMARKS)})")
+    model = v["model"]
     source_kind = model["source"]
     if source_kind not in model and source_kind != "tiny":
-        raise ConfigError(f"{source}: model.{source_kind}: missing (model.source is {source_kind!r})")
+        raise ConfigError(f"{source}: {where}.model.{source_kind}: missing (model.source is {source_kind!r})")
     if source_kind == "local" and not Path(model["local"]["path"]).is_dir():
-        raise ConfigError(f"{source}: model.local.path: {model['local']['path']!r} is not a directory")
+        raise ConfigError(f"{source}: {where}.model.local.path: {model['local']['path']!r} is not a directory")
+    track.check(v, source)
     from .judges import missing_env
 
-    judges = {f"judges.{name}": config["judges"][name] for name in ("safety", "helpfulness")}
-    judges.update(_eval_judges(config))
-    _check_eval_data(config, source)
+    judges = {f"{where}.judges.{k}": j for k, j in v["judges"].items() if k != "fit_refusal_judge"}
+    judges.update({f"{where}.{k}": j for k, j in _eval_judges(v).items()})
+    _check_eval_data(v, where, source)
     for key, judge in judges.items():
         missing = missing_env(judge)
         if missing:
@@ -111,61 +172,78 @@ def _check_semantics(config: dict, source: str) -> None:
             )
 
 
-def _check_beta(rl: dict, source: str) -> None:
-    """A β map names a β for every configured run: ``grpo``, each λ of ``rl.lambdas``, and ``default`` for runs it
-    does not list (λ*, whose value is only known after the GRPO run)."""
-    beta = rl["beta"]
-    if not isinstance(beta, dict):
+def _check_semantics(config: dict, source: str) -> None:
+    for name in config["tracks"]:
+        _check_track(config, name, source)
+
+
+#: rl keys that take one value for every run or a map {grpo, <λ as in rl.lambdas>, default} (the public launchers
+#: give each run its own β, the math grid its own learning rate)
+PER_RUN_KEYS = ("beta", "learning_rate", "max_grad_norm", "weight_decay")
+
+
+def _check_per_run(rl: dict, name: str, where: str, source: str) -> None:
+    """A per-run map names a value for every configured run: ``grpo``, each λ of ``rl.lambdas``, and ``default``
+    for runs it does not list (λ*, whose value is only known after the GRPO run)."""
+    value = rl[name]
+    if not isinstance(value, dict):
         return
-    for key in beta:
+    for key in value:
         if key not in ("grpo", "default"):
             try:
                 float(key)
             except ValueError:
-                raise ConfigError(f"{source}: rl.beta.{key}: a β map's keys are grpo, default or a λ of "
-                                  "rl.lambdas") from None
+                raise ConfigError(f"{source}: {where}.{name}.{key}: a per-run map's keys are grpo, default or a λ "
+                                  "of rl.lambdas") from None
             if key not in rl["lambdas"]:
-                raise ConfigError(f"{source}: rl.beta.{key}: λ={key} is not in rl.lambdas {rl['lambdas']} "
+                raise ConfigError(f"{source}: {where}.{name}.{key}: λ={key} is not in rl.lambdas {rl['lambdas']} "
                                   "(write the λ exactly as rl.lambdas does)")
-    if "default" in beta:
+    if "default" in value:
         return
     needed = (["grpo"] if "grpo" in rl["algorithms"] else [])
     if "frpo" in rl["algorithms"]:
         needed += list(rl["lambdas"])
-    missing = [k for k in needed if k not in beta]
+    missing = [k for k in needed if k not in value]
     if missing:
-        raise ConfigError(f"{source}: rl.beta: no β for {', '.join(missing)} (add them, or a default)")
+        raise ConfigError(f"{source}: {where}.{name}: no value for {', '.join(missing)} (add them, or a default)")
     if "frpo" in rl["algorithms"] and rl.get("lambda_star", {}).get("enabled"):
-        raise ConfigError(f"{source}: rl.beta: FRPO at λ* needs rl.beta.default (λ* is only known after GRPO)")
+        raise ConfigError(f"{source}: {where}.{name}: FRPO at λ* needs {name}.default (λ* is only known after GRPO)")
+
+
+def run_value(rl: dict, name: str, run: str) -> float:
+    """``rl[name]`` of one run: the value itself, or its entry for the run (``grpo`` or the λ string), else its
+    default."""
+    value = rl[name]
+    if not isinstance(value, dict):
+        return float(value)
+    parsed = parse_run(run)
+    key = "grpo" if parsed.algorithm == "grpo" else parsed.lambda_text
+    if key in value:
+        return float(value[key])
+    if "default" in value:
+        return float(value["default"])
+    raise ConfigError(f"rl.{name}: no value for run {run!r} and no default")
 
 
 def run_beta(rl: dict, run: str) -> float:
-    """β of one run: ``rl.beta`` itself, or its entry for the run (``grpo`` or the λ string), else its default."""
-    beta = rl["beta"]
-    if not isinstance(beta, dict):
-        return float(beta)
-    key = "grpo" if run == "grpo" else run[len("frpo_lam"):]
-    if key in beta:
-        return float(beta[key])
-    if "default" in beta:
-        return float(beta["default"])
-    raise ConfigError(f"rl.beta: no β for run {run!r} and no default")
+    """β of one run (:func:`run_value` of ``beta``)."""
+    return run_value(rl, "beta", run)
 
 
-def _eval_judges(config: dict) -> dict:
+def _eval_judges(view: dict) -> dict:
     """``{config key: judge}`` of each listed judged benchmark, its section's judge or the default one."""
     from .evals import DEFAULT_JUDGES, eval_judge
 
-    return {f"eval.{bench}.judge": eval_judge(config["eval"].get(bench, {}), bench)
-            for bench in DEFAULT_JUDGES if bench in config["eval"]["benchmarks"]}
+    return {f"eval.{bench}.judge": eval_judge(view["eval"].get(bench, {}), bench)
+            for bench in DEFAULT_JUDGES if bench in view["eval"]["benchmarks"]}
 
 
-def _check_eval_data(config: dict, source: str) -> None:
+def _check_eval_data(view: dict, where: str, source: str) -> None:
     """The local data files the listed benchmarks need are named and exist (HarmBench and StrongREJECT have no
     download path here: their CSVs are configured files)."""
     from .evals import strongreject_dataset
 
-    ev, benches = config["eval"], config["eval"]["benchmarks"]
+    ev, benches = view["eval"], view["eval"]["benchmarks"]
     files = {}
     if "harmbench" in benches:
         files["eval.harmbench.behaviors"] = ev.get("harmbench", {}).get("behaviors")
@@ -174,102 +252,124 @@ def _check_eval_data(config: dict, source: str) -> None:
         files[key] = path
     for key, path in files.items():
         if not path:
-            raise ConfigError(f"{source}: {key}: missing (the path of a local CSV; see config/README.md)")
+            raise ConfigError(f"{source}: {where}.{key}: missing (the path of a local CSV; see config/README.md)")
         if not Path(os.path.expanduser(str(path))).is_file():
-            raise ConfigError(f"{source}: {key}: {str(path)!r} is not a file")
+            raise ConfigError(f"{source}: {where}.{key}: {str(path)!r} is not a file")
 
 
-def rl_runs(config: dict, lambda_star: str | None = None) -> list[str]:
+def rl_runs(view: dict, lambda_star: str | None = None) -> list[str]:
     """The RL run names: ``grpo`` and ``frpo_lam<λ>`` for each configured λ (and λ*, once known)."""
-    rl = config["rl"]
-    runs = ["grpo"] if "grpo" in rl["algorithms"] else []
+    rl = view["rl"]
+    runs = [run_name("grpo")] if "grpo" in rl["algorithms"] else []
     if "frpo" in rl["algorithms"]:
         lams = list(rl["lambdas"])
         if lambda_star is not None and lambda_star not in lams:
             lams.append(lambda_star)
-        runs += [f"frpo_lam{lam}" for lam in lams]
+        runs += [run_name("frpo", lam) for lam in lams]
     return runs
 
 
-def finetune_settings(config: dict) -> list[str]:
+def rl_seeds(view: dict) -> list[int]:
+    """The seeds of every RL run (``rl.seeds``, default: the config's seed)."""
+    return list(view["rl"].get("seeds", [view["seed"]]))
+
+
+def ft_seeds(view: dict) -> list[int]:
+    """The seeds of every fine-tuning run (``finetune.seeds``, default: the config's seed)."""
+    return list(view["finetune"].get("seeds", [view["seed"]]))
+
+
+def finetune_settings(view: dict) -> list[str]:
     """The fine-tuning setting names: ``<dataset>-<method>-lr<lr>-ep<epochs>`` over the configured sweep."""
-    ft = config["finetune"]
-    return [
-        f"{d}-{m}-lr{lr}-ep{ep}"
-        for d, m, lr, ep in product(ft["datasets"], ft["methods"], ft["learning_rates"], ft["epochs"])
-    ]
+    ft = view["finetune"]
+    return [setting_name(d, m, lr, ep)
+            for d, m, lr, ep in product(ft["datasets"], ft["methods"], ft["learning_rates"], ft["epochs"])]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Stage specs: the exact part of the config each rule passes to `frpo <stage> --spec` (and reruns on change).
+# Stage specs: the exact part of one track's config each rule passes to `frpo <stage> --spec` (and reruns on
+# change). Each takes a track's view (:func:`view`).
 # ---------------------------------------------------------------------------------------------------------------
-_SETTING = re.compile(r"^(?P<dataset>[a-z0-9_]+)-(?P<method>full|lora)-lr(?P<lr>[0-9.eE+-]+)-ep(?P<epochs>[0-9]+)$")
-_FORMATS = {"arithmetic": "gsm8k", "alpaca": "alpaca"}
 
 
-def judges_spec(config: dict, classifier_path: str | None) -> dict:
+def judges_spec(view: dict, classifier_path: str | None) -> dict:
     """The judges section with the fitted demo classifier filled in where a MiniLM judge uses it."""
-    judges = {k: copy.deepcopy(v) for k, v in config["judges"].items() if k != "fit_refusal_judge"}
+    judges = {k: copy.deepcopy(v) for k, v in view["judges"].items() if k != "fit_refusal_judge"}
     for judge in judges.values():
-        _with_classifier(judge, config, classifier_path)
+        _with_classifier(judge, view, classifier_path)
     return judges
 
 
-def _with_classifier(judge: dict, config: dict, classifier_path: str | None) -> None:
+def _with_classifier(judge: dict, view: dict, classifier_path: str | None) -> None:
     """Point a MiniLM judge (in place) at the fitted demo classifier, when the config fits one."""
-    if config["judges"]["fit_refusal_judge"] and judge["name"].startswith("minilm_"):
+    if view["judges"].get("fit_refusal_judge") and judge["name"].startswith("minilm_"):
         judge.setdefault("options", {})["classifier_path"] = classifier_path
 
 
-def prepare_spec(config: dict) -> dict:
-    return {"model": config["model"], "vocab_files": sorted(config["data"].values())}
+def fits_classifier(view: dict) -> bool:
+    return bool(view["judges"].get("fit_refusal_judge"))
 
 
-def _training(config: dict) -> dict:
-    """What every training stage's spec carries: the device, the seed and (when the config sets it) the
+def prepare_spec(view: dict) -> dict:
+    """The base model; a tiny model's word tokenizer is built over the texts of the track's local data files."""
+    local = [str(v) for k, v in view["data"].items() if not str(v).startswith("hub:")]
+    return {"model": view["model"], "vocab_files": sorted(local)}
+
+
+def data_spec(view: dict, key: str) -> dict:
+    return {"track": view["track"], "key": key, "data": view["data"], "seed": view["seed"]}
+
+
+def _training(view: dict, seed: int | None = None) -> dict:
+    """What every training stage's spec carries: the track, the device, the seed and (when the config sets it) the
     precision, which otherwise follows the device (frpo.training.precision)."""
-    out = {"device": config["device"], "seed": config["seed"]}
-    if "precision" in config:
-        out["precision"] = config["precision"]
+    out = {"track": view["track"], "device": view["device"], "seed": view["seed"] if seed is None else seed}
+    if "precision" in view:
+        out["precision"] = view["precision"]
     return out
 
 
-def warmup_spec(config: dict) -> dict:
+def warmup_spec(view: dict) -> dict:
+    key, fmt = get_track(view["track"]).WARMUP_DATA
+    return {**_training(view), "dataset": {"path": data_path(view, key), "format": fmt},
+            "train": view["warmup"]["train"]}
+
+
+def _stage_data(view: dict) -> dict:
+    """The data a training stage of the track reads: its RL prompts (also the probes' held-out prompts)."""
+    key = get_track(view["track"]).RL_DATA
+    return {key: data_path(view, key)}
+
+
+def rl_spec(view: dict, run: str, seed: int, classifier_path: str | None) -> dict:
+    rl = {k: v for k, v in view["rl"].items() if k not in ("algorithms", "lambdas", "lambda_star", "seeds")}
+    for key in PER_RUN_KEYS:  # the run's own value: editing another run's leaves this one alone
+        if key in rl:
+            rl[key] = run_value(view["rl"], key, run)
+    parsed = parse_run(run)
     return {
-        **_training(config),
-        "dataset": {"path": config["data"]["refusal_demos"], "format": "chat"},
-        "train": config["warmup"]["train"],
+        "run": run, "objective": parsed.algorithm, "frpo_lambda": parsed.lam, **_training(view, seed),
+        "rl": rl, "judges": judges_spec(view, classifier_path), "reward": view.get("reward", {}),
+        "data": _stage_data(view),
     }
 
 
-def rl_spec(config: dict, run: str, classifier_path: str | None) -> dict:
-    rl = {k: v for k, v in config["rl"].items() if k not in ("algorithms", "lambdas", "lambda_star")}
-    rl["beta"] = run_beta(config["rl"], run)  # the run's own β: editing another run's β leaves this one alone
-    objective, lam = ("grpo", None) if run == "grpo" else ("frpo", float(run[len("frpo_lam"):]))
-    return {
-        "run": run, "objective": objective, "frpo_lambda": lam, **_training(config),
-        "rl": rl, "judges": judges_spec(config, classifier_path),
-        "data": {"safety_prompts": config["data"]["safety_prompts"]},
-    }
-
-
-def finetune_spec(config: dict, setting: str, classifier_path: str | None) -> dict:
-    match = _SETTING.match(setting)
-    if not match:
-        raise ConfigError(f"fine-tuning setting {setting!r} is not <dataset>-<full|lora>-lr<lr>-ep<epochs>")
-    ft = config["finetune"]
+def finetune_spec(view: dict, setting: str, seed: int, classifier_path: str | None) -> dict:
+    parsed = parse_setting(setting)
+    ft = view["finetune"]
     train = {k: ft[k] for k in ("batch_size", "max_length", "save_steps", "gradient_accumulation_steps",
-                                "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_steps") if k in ft}
-    train.update(method=match["method"], learning_rate=float(match["lr"]), epochs=int(match["epochs"]))
-    if match["method"] == "lora":
+                                "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "max_steps")
+             if k in ft}
+    train.update(method=parsed.method, learning_rate=parsed.learning_rate, epochs=parsed.epochs)
+    if parsed.method == "lora":
         train["lora"] = ft["lora"]
-    dataset = match["dataset"]
+    fmt = get_track(view["track"]).FINETUNE[parsed.dataset]
     return {
-        **_training(config),
-        "dataset": {"path": config["data"][dataset], "format": _FORMATS[dataset], "split": "train",
+        **_training(view, seed),
+        "dataset": {"path": data_path(view, parsed.dataset), "format": fmt, "split": "train",
                     "max_examples": ft.get("max_examples")},
-        "train": train, "track": ft["track"], "judges": judges_spec(config, classifier_path),
-        "data": {"safety_prompts": config["data"]["safety_prompts"]},
+        "train": train, "track_forgetting": ft.get("track"), "judges": judges_spec(view, classifier_path),
+        "reward": view.get("reward", {}), "data": _stage_data(view),
     }
 
 
@@ -278,17 +378,18 @@ EVAL_SECTIONS = ("harmbench", "strongreject", "lm_eval", "math500", "gsm8k_maj8"
                  "mbpp_plus", "humaneval_plus")
 
 
-def eval_spec(config: dict, classifier_path: str | None) -> dict:
-    ev = config["eval"]
+def eval_spec(view: dict, classifier_path: str | None) -> dict:
+    ev = view["eval"]
+    local = {k: str(v) for k, v in view["data"].items() if k not in prepared_data(view)}
     spec = {
-        "device": config["device"], "data": config["data"], "judges": judges_spec(config, classifier_path),
+        "device": view["device"], "data": local, "judges": judges_spec(view, classifier_path),
         "max_prompts": ev.get("max_prompts"), "generation": ev["generation"],
-        "judge_cache_dir": ev.get("judge_cache_dir", f"results/{config['name']}/judge_cache"),
+        "judge_cache_dir": ev.get("judge_cache_dir", f"results/{view['name']}/judge_cache"),
     }
     for section in EVAL_SECTIONS:
         if section in ev:
             spec[section] = copy.deepcopy(ev[section])
     for section in ("harmbench", "strongreject"):  # the demo classifier, where an eval judge uses it
         if spec.get(section, {}).get("judge"):
-            _with_classifier(spec[section]["judge"], config, classifier_path)
+            _with_classifier(spec[section]["judge"], view, classifier_path)
     return spec

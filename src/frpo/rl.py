@@ -1,15 +1,15 @@
-"""Stage 1, RL training: GRPO or FRPO on the safety prompts, with LoRA, resumable from checkpoints.
+"""Stage 1, RL training: GRPO or FRPO on a track's prompts and rewards, with LoRA, resumable from checkpoints.
 
 ``run_rl(spec, model_dir, out_dir, ckpt_dir)`` is what ``frpo rl`` (and the ``rl_train`` rule) calls. ``spec`` is
 the part of the workflow config this stage reads::
 
-    {"run": "frpo_lam0.2", "objective": "frpo", "frpo_lambda": 0.2, "seed": 0, "device": "cpu",
-     "rl": {...the config's rl section...}, "judges": {...}, "data": {"safety_prompts": "builtin:safety_prompts"}}
+    {"track": "safety", "run": "frpo_lam0.2", "objective": "frpo", "frpo_lambda": 0.2, "seed": 0, "device": "cpu",
+     "rl": {...the track's rl section, per-run values resolved...}, "judges": {...}, "reward": {...},
+     "data": {"safety_prompts": "builtin:safety_prompts"}}
 
-As in the paper (spec §1.2), there are two reward functions: ``safety`` scores completions of harmful prompts
-with the safety judge, ``normal`` scores completions of benign prompts with the helpfulness judge, and each
-returns None for the other task's rows. Checkpoints go to ``ckpt_dir`` (outside the rule's declared outputs) and
-a rerun resumes from the newest one. The adapter and ``metrics.jsonl`` land in ``out_dir`` atomically.
+The prompts and the reward functions (and their weights) are the track's (:mod:`frpo.tracks`). Checkpoints go
+to ``ckpt_dir`` (outside the rule's declared outputs) and a rerun resumes from the newest one. The adapter and
+``metrics.jsonl`` land in ``out_dir`` atomically.
 """
 
 from __future__ import annotations
@@ -22,54 +22,9 @@ from pathlib import Path
 from .io import atomic_dir
 from .training import common_training_args, last_checkpoint, lora_config, precision, precision_record
 
-__all__ = ["canonical_lambda", "run_rl", "select_lambda_star"]
+from .runs import canonical_lambda
 
-
-def canonical_lambda(value: float) -> str:
-    """λ as it appears in paths: two significant digits, plain decimal (0.16, 0.2, 2, 10)."""
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"λ must be a finite number > 0, got {value}")
-    text = f"{float(f'{value:.2g}'):f}".rstrip("0").rstrip(".")
-    return text
-
-
-def make_reward_funcs(judges_spec: dict) -> list:
-    """The paper's two reward functions, ``safety`` and ``normal``, backed by the configured judges."""
-    from .judges import build_judge_from_spec, completion_text, prompt_text
-
-    safety_judge = build_judge_from_spec(judges_spec["safety"])
-    normal_judge = build_judge_from_spec(judges_spec["helpfulness"])
-
-    def scored_for(task_name, judge):
-        def reward(prompts, completions, task, **kwargs):
-            rows = [i for i, t in enumerate(task) if t == task_name]
-            out: list[float | None] = [None] * len(task)
-            if rows:
-                scores = judge.score(
-                    [prompt_text(prompts[i]) for i in rows], [completion_text(completions[i]) for i in rows]
-                )
-                for i, s in zip(rows, scores, strict=True):
-                    out[i] = float(s)
-            return out
-
-        reward.__name__ = task_name
-        return reward
-
-    return [scored_for("safety", safety_judge), scored_for("normal", normal_judge)]
-
-
-def safety_dataset(path_spec: str, split: str):
-    """The safety/benign prompts of one split as a conversational TRL dataset with a ``task`` column."""
-    from datasets import Dataset
-
-    from .data import read_safety_prompts
-
-    rows = read_safety_prompts(path_spec, split)
-    if not rows:
-        raise ValueError(f"{path_spec}: no rows with split={split!r}")
-    return Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": r["prompt"]}], "task": r["task"]} for r in rows]
-    )
+__all__ = ["build_rl_config", "canonical_lambda", "run_rl", "select_lambda_star"]
 
 
 def per_device_batch(prompts_per_step: int, num_generations: int, grad_accum: int, world_size: int) -> int:
@@ -90,7 +45,7 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = None):
+def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = None, reward_weights=None):
     """The FRPOConfig of one run; ``processes`` defaults to this job's :func:`world_size`."""
     from .trainer import FRPOConfig
 
@@ -115,9 +70,9 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = No
         max_completion_length=rl["max_completion_length"],
         temperature=rl.get("temperature", 1.0),
         top_p=rl.get("top_p", 1.0),
-        max_grad_norm=rl.get("max_grad_norm", 1.0),
         disable_dropout=rl.get("disable_dropout", True),
         use_vllm=rl.get("use_vllm", False),
+        reward_weights=reward_weights,
     )
 
 
@@ -126,17 +81,20 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
     from .generation import explicit_generation_config, trainer_generation_config, trainer_generation_record
     from .models import load_tokenizer
     from .trainer import FRPOTrainer
+    from .tracks import get_track
 
     rl = spec["rl"]
-    args = build_rl_config(spec, ckpt_dir)
+    track = get_track(spec.get("track", "safety"))
+    reward_funcs, reward_weights = track.reward_funcs(spec)
+    args = build_rl_config(spec, ckpt_dir, reward_weights=reward_weights)
     lora = rl.get("lora")
     peft_config = lora_config(lora) if lora else None
     tokenizer = load_tokenizer(model_dir)
     trainer = FRPOTrainer(
         model=str(model_dir),
-        reward_funcs=make_reward_funcs(spec["judges"]),
+        reward_funcs=reward_funcs,
         args=args,
-        train_dataset=safety_dataset(spec["data"]["safety_prompts"], "train"),
+        train_dataset=track.rl_dataset(spec, "train"),
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -147,7 +105,10 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
         trainer.train(resume_from_checkpoint=resume)
     steps = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
+        "track": spec.get("track", "safety"),
         "run": spec["run"],
+        "seed": spec.get("seed"),
+        "reward_weights": reward_weights,
         "objective": args.objective,
         "frpo_lambda": args.frpo_lambda if args.objective == "frpo" else None,
         "lambda_scale": args.lambda_scale if args.objective == "frpo" else None,
@@ -174,18 +135,25 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
     return summary
 
 
-def select_lambda_star(metrics_path: str | Path, rho: float, last_k: int = 5) -> dict:
+def select_lambda_star(metrics_paths, rho: float, last_k: int = 5) -> dict:
     """λ* = std/√(2ρ) (Remark 3.3), with std the within-group reward std over the last ``last_k`` logged steps of
-    a (GRPO) run, as the paper reads it off the end of training (§5.1.1)."""
+    a (GRPO) run, as the paper reads it off the end of training (§5.1.1); with several runs (seeds), the mean of
+    their stds. ``metrics_paths``: one ``metrics.jsonl`` or a list of them."""
     from .data import read_jsonl
     from .objective import lambda_star
 
-    rows = read_jsonl(metrics_path)
-    stds = [r["frpo/reward_std_within_group"] for r in rows if "frpo/reward_std_within_group" in r]
-    if not stds:
-        raise ValueError(f"{metrics_path}: no frpo/reward_std_within_group values to choose λ* from")
-    std = sum(stds[-last_k:]) / len(stds[-last_k:])
+    paths = [metrics_paths] if isinstance(metrics_paths, (str, Path)) else list(metrics_paths)
+    per_run = []
+    for path in paths:
+        rows = read_jsonl(path)
+        stds = [r["frpo/reward_std_within_group"] for r in rows if "frpo/reward_std_within_group" in r]
+        if not stds:
+            raise ValueError(f"{path}: no frpo/reward_std_within_group values to choose λ* from")
+        per_run.append(sum(stds[-last_k:]) / len(stds[-last_k:]))
+    std = sum(per_run) / len(per_run)
     if std <= 0:
-        raise ValueError(f"{metrics_path}: the within-group reward std is 0 at the end of training; λ* is undefined")
+        raise ValueError(f"{', '.join(map(str, paths))}: the within-group reward std is 0 at the end of training; "
+                         "λ* is undefined")
     lam = lambda_star(std, rho)
-    return {"reward_std": std, "rho": rho, "lambda_star": lam, "lambda": canonical_lambda(lam), "last_k": last_k}
+    return {"reward_std": std, "reward_std_per_run": per_run, "rho": rho, "lambda_star": lam,
+            "lambda": canonical_lambda(lam), "last_k": last_k}

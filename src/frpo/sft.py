@@ -5,15 +5,18 @@ completion only, as the paper's SFT scripts), full or LoRA, resumable from ``ckp
 resulting full model (LoRA merged) to ``out_dir`` atomically, in ``spec["save_dtype"]`` or else the dtype
 ``model_dir`` is stored in. Full fine-tuning keeps float32 master weights under ``spec["precision"]``
 ``bf16-mixed``, the GPU default (:func:`frpo.training.precision`); ``summary.json`` records the precision.
-With ``spec["track"]`` it also runs the forgetting tracker (:mod:`frpo.track`) and writes ``tracking.csv`` next
-to the model, and ``summary.json`` the tracker's generation configs.
 
 Data formats (``spec["dataset"]["format"]``):
 * ``gsm8k``: {question, answer} → user: question, assistant: the worked answer (we keep the ``#### N`` line;
   the public GSM8K script dropped it, spec §5.11);
 * ``alpaca``: {instruction, input, output} → user: "### Instruction:\\n…" (+ "\\n\\n### Input:\\n…"),
   assistant: output, as the public Alpaca script;
-* ``chat``: {prompt, response} → one user and one assistant turn (the warm-up refusal demonstrations).
+* ``chat``: {prompt, response} → one user and one assistant turn (the warm-up refusal demonstrations);
+* ``code``: {input, output} → an empty system turn, user: input, assistant: output, as the public
+  OpenCodeInstruct script (spec §2.3).
+
+With ``spec["track_forgetting"]`` the tracker measures the probes of the run's track (``spec["track"]``,
+:func:`frpo.tracks.get_track`); without it ``tracking.csv`` holds its header line ``step`` only.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def sft_rows(dataset_spec: dict) -> list[dict]:
         "gsm8k": {"question": str, "answer": str},
         "alpaca": {"instruction": str, "input": str, "output": str},
         "chat": {"prompt": str, "response": str},
+        "code": {"input": str, "output": str},
     }
     if fmt not in required:
         raise ValueError(f"dataset.format: unknown format {fmt!r} (known: {sorted(required)})")
@@ -54,9 +58,12 @@ def sft_rows(dataset_spec: dict) -> list[dict]:
         elif fmt == "alpaca":
             user = f"### Instruction:\n{r['instruction']}" + (f"\n\n### Input:\n{r['input']}" if r["input"] else "")
             assistant = r["output"].strip()
+        elif fmt == "code":
+            user, assistant = r["input"], r["output"]
         else:
             user, assistant = r["prompt"], r["response"]
-        out.append({"prompt": [{"role": "user", "content": user}],
+        system = [{"role": "system", "content": ""}] if fmt == "code" else []
+        out.append({"prompt": [*system, {"role": "user", "content": user}],
                     "completion": [{"role": "assistant", "content": assistant}]})
     limit = dataset_spec.get("max_examples")
     if not out:
@@ -65,22 +72,16 @@ def sft_rows(dataset_spec: dict) -> list[dict]:
 
 
 def _tracker(spec: dict, ref_model, tokenizer, csv_path: Path):
-    """The forgetting tracker; ``ref_model`` is the pre-fine-tuning model (a frozen copy, never trained)."""
-    from .data import read_safety_prompts, spread
-    from .judges import build_judge_from_spec
+    """The forgetting tracker over the track's probes; ``ref_model`` is the pre-fine-tuning model (a frozen copy,
+    never trained)."""
     from .track import ForgettingTracker
+    from .tracks import get_track
 
-    track = spec["track"]
-    held_out = read_safety_prompts(spec["data"]["safety_prompts"], "eval")
-    safety = spread([r["prompt"] for r in held_out if r["task"] == "safety"], track["n_safety"])
-    normal = spread([r["prompt"] for r in held_out if r["task"] == "normal"], track["n_normal"])
-    judges = spec["judges"]
+    opts = spec["track_forgetting"]
     return ForgettingTracker(
-        ref_model=ref_model, tokenizer=tokenizer, safety_prompts=safety, normal_prompts=normal,
-        safety_judge=build_judge_from_spec(judges["safety"]),
-        helpfulness_judge=build_judge_from_spec(judges["helpfulness"]),
-        csv_path=csv_path, every_steps=track["every_steps"], max_new_tokens=track["max_new_tokens"],
-        temperature=track.get("temperature", 1.0), seed=spec.get("seed", 0),
+        ref_model=ref_model, tokenizer=tokenizer, probes=get_track(spec["track"]).probes(spec),
+        csv_path=csv_path, every_steps=opts["every_steps"], max_new_tokens=opts["max_new_tokens"],
+        temperature=opts.get("temperature", 1.0), seed=spec.get("seed", 0),
     )
 
 
@@ -107,7 +108,7 @@ def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: st
     callbacks = [FiniteLossCallback("fine-tuning")]
     tracker = None
     resume = last_checkpoint(ckpt_dir)
-    if spec.get("track"):
+    if spec.get("track_forgetting"):
         # The reference is the model as loaded, copied before SFTTrainer (and PEFT) wrap or train it.
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         tracker = _tracker(spec, ref_model, tokenizer, ckpt_dir / "tracking.csv")
@@ -138,6 +139,8 @@ def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: st
         tokenizer.save_pretrained(tmp / "model")
         if tracker is not None:
             shutil.copy(ckpt_dir / "tracking.csv", tmp / "tracking.csv")
+        else:  # no tracker configured: a header-only table, so every fine-tuning run has the same outputs
+            (tmp / "tracking.csv").write_text("step\n")
         with open(tmp / "train_log.jsonl", "w") as f:
             for h in trainer.state.log_history:
                 f.write(json.dumps(h) + "\n")

@@ -67,6 +67,7 @@ def common_training_args(section: dict, spec: dict, ckpt_dir: str | Path) -> dic
         "lr_scheduler_type": section.get("lr_scheduler_type", "constant"),
         "warmup_steps": section.get("warmup_ratio", 0.0),  # transformers 5: a float < 1 is a ratio of the steps
         "weight_decay": section.get("weight_decay", 0.0),
+        "max_grad_norm": section.get("max_grad_norm", 1.0),
         "save_strategy": "steps",
         "save_steps": section["save_steps"],
         "save_total_limit": 2,

@@ -1,19 +1,30 @@
 # All of the workflow's Python lives here: config validation, wildcard constraints, paths and input functions.
-# The stage specs and checks themselves are in src/frpo/config.py, where they are unit-tested.
+# The stage specs and checks are in src/frpo/config.py, names of runs and models in src/frpo/runs.py, and what
+# each track needs (data, rewards, probes, figures) in src/frpo/tracks/; all are unit-tested.
 import json
 import os
 
 from frpo.config import (
+    data_path,
+    data_spec,
     eval_spec,
     finetune_settings,
     finetune_spec,
+    fits_classifier,
+    ft_seeds,
     prepare_spec,
+    prepared_data,
     rl_runs,
+    rl_seeds,
     rl_spec,
+    track_names,
     validate_config,
+    view,
     warmup_spec,
 )
 from frpo.models import merge_mem_mb
+from frpo.runs import RUN_RE, SEED_RE, SETTING_RE, TARGET_RE, Target
+from frpo.tracks import get_track
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), source="config")
 
@@ -21,16 +32,29 @@ RESULTS = f"results/{config['name']}"
 CKPT = f"{RESULTS}/.ckpt"  # training checkpoints: outside every declared output, so a rerun can resume
 LOGS = f"logs/{config['name']}"
 ENV = "../../envs/frpo.yaml"
+TRACKS = track_names(config)
+VIEWS = {t: view(config, t) for t in TRACKS}
 
 
-RUN_RE = r"grpo|frpo_lam[0-9]+(\.[0-9]+)?"  # λ as the schema's $defs/lambda allows it
-SETTING_RE = r"[a-z0-9_]+-(full|lora)-lr[0-9.eE+-]+-ep[0-9]+"
+def names(items):
+    return "|".join(sorted(items)) or "(?!)"
 
 
 wildcard_constraints:
+    track=names(TRACKS),
     run=RUN_RE,
+    seed=SEED_RE,
+    ft_seed=SEED_RE,
     setting=SETTING_RE,
-    target=rf"ref|rl/({RUN_RE})|ft/({RUN_RE})/{SETTING_RE}",  # the model an evaluation reads (eval.smk)
+    target=TARGET_RE,  # the model an evaluation reads (eval.smk)
+    key=names({k for t in TRACKS for k in prepared_data(VIEWS[t])}),
+    figure=names({f for t in TRACKS for f, s in get_track(t).FIGURES.items() if s["kind"] == "figure"}),
+    table=names({f for t in TRACKS for f, s in get_track(t).FIGURES.items() if s["kind"] == "table"}),
+
+
+def V(wildcards):
+    """The config of the track a job belongs to (frpo.config.view)."""
+    return VIEWS[wildcards.track]
 
 
 def parent(path):
@@ -42,62 +66,97 @@ def spec_json(spec):
     return json.dumps(spec, sort_keys=True)
 
 
-def classifier():
-    """The fitted demo refusal classifier, when the config fits one (else None)."""
-    return f"{RESULTS}/judges/refusal_classifier.json" if config["judges"]["fit_refusal_judge"] else None
+def on_gpu(wildcards=None):
+    return 1 if config["device"] == "cuda" else 0
 
 
-def classifier_input(wildcards=None):
-    return [classifier()] if classifier() else []
+def classifier(track):
+    """The fitted demo refusal classifier of a track, when its config fits one (else None)."""
+    return f"{RESULTS}/{track}/judges/refusal_classifier.json" if fits_classifier(VIEWS[track]) else None
 
 
-def ref_model():
-    """π_ref: the warm-up model when the warm-up stage is on, else the base model."""
-    return f"{RESULTS}/warmup/model" if config["warmup"]["enabled"] else f"{RESULTS}/models/base"
+def classifier_input(wildcards):
+    return [classifier(wildcards.track)] if classifier(wildcards.track) else []
 
 
-def lambda_star():
-    """The canonical λ* string, once the lambda_select checkpoint has run (None when λ* is not configured)."""
-    if not config["rl"].get("lambda_star", {}).get("enabled"):
+def ref_model(track):
+    """π_ref: the warm-up model when the track's warm-up stage is on, else its base model."""
+    return f"{RESULTS}/{track}/warmup/model" if VIEWS[track]["warmup"]["enabled"] else f"{RESULTS}/{track}/models/base"
+
+
+def stage_data(wildcards):
+    """The prepared data files a training stage of the track reads (its RL prompts, when prepared)."""
+    v = V(wildcards)
+    key = get_track(wildcards.track).RL_DATA
+    return [data_path(v, key)] if key in prepared_data(v) else []
+
+
+def finetune_data(wildcards):
+    from frpo.runs import parse_setting
+
+    v = V(wildcards)
+    key = parse_setting(wildcards.setting).dataset
+    return stage_data(wildcards) + ([data_path(v, key)] if key in prepared_data(v) else [])
+
+
+def lambda_star(track):
+    """The canonical λ* string of a track, once its lambda_select checkpoint has run (None when not configured)."""
+    if not VIEWS[track]["rl"].get("lambda_star", {}).get("enabled"):
         return None
-    with open(checkpoints.lambda_select.get().output[0]) as f:
+    with open(checkpoints.lambda_select.get(track=track).output[0]) as f:
         return json.load(f)["lambda"]
 
 
-def all_runs():
-    return rl_runs(config, lambda_star())
+def rl_targets(track):
+    return [Target.rl(run, seed) for run in rl_runs(VIEWS[track], lambda_star(track)) for seed in rl_seeds(VIEWS[track])]
 
 
-def ft_targets():
-    return [(run, setting) for run in all_runs() for setting in finetune_settings(config)]
+def ft_targets(track):
+    v = VIEWS[track]
+    return [Target.ft(t.run.name, t.rl_seed, setting, fs)
+            for t in rl_targets(track) for setting in finetune_settings(v) for fs in ft_seeds(v)]
 
 
-def tracking_inputs(wildcards=None):
-    return {f"{run}/{setting}": f"{RESULTS}/ft/{run}/{setting}/tracking.csv" for run, setting in ft_targets()}
-
-
-def eval_inputs(wildcards=None):
-    benches = config["eval"]["benchmarks"]
-    out = {f"ref:{b}": f"{RESULTS}/eval/ref/{b}.json" for b in benches}
-    for run in all_runs():
-        out.update({f"{run}:{b}": f"{RESULTS}/eval/rl/{run}/{b}.json" for b in benches})
-    for run, setting in ft_targets():
-        out.update({f"{run}/{setting}:{b}": f"{RESULTS}/eval/ft/{run}/{setting}/{b}.json" for b in benches})
-    return out
+def model_dir(track, target):
+    """The model directory of a target (frpo.runs.Target)."""
+    if target.stage == "base":
+        return ref_model(track)
+    if target.stage == "rl":
+        return f"{RESULTS}/{track}/models/{target.run.name}/seed{target.rl_seed}"
+    return f"{RESULTS}/{track}/{target.path}/model"
 
 
 def eval_model(wildcards):
-    """The model directory an eval target names: ref, rl/<run> or ft/<run>/<setting>."""
-    kind, _, rest = wildcards.target.partition("/")
-    if kind == "ref":
-        return ref_model()
-    if kind == "rl":
-        return f"{RESULTS}/models/{rest}"
-    return f"{RESULTS}/ft/{rest}/model"
+    from frpo.runs import parse_target
+
+    return model_dir(wildcards.track, parse_target(wildcards.target))
 
 
-def rl_metrics_inputs(wildcards=None):
-    return {run: f"{RESULTS}/rl/{run}/metrics.jsonl" for run in all_runs()}
+def rl_metrics_inputs(wildcards):
+    t = wildcards.track
+    return {x.path: f"{RESULTS}/{t}/{x.path}/metrics.jsonl" for x in rl_targets(t)}
+
+
+def tracking_inputs(wildcards):
+    t = wildcards.track
+    return {x.path: f"{RESULTS}/{t}/{x.path}/tracking.csv" for x in ft_targets(t)}
+
+
+def eval_inputs(wildcards):
+    t = wildcards.track
+    benches = VIEWS[t]["eval"]["benchmarks"]
+    targets = [Target("base"), *rl_targets(t), *ft_targets(t)]
+    return {f"{x.path}:{b}": f"{RESULTS}/{t}/eval/{x.path}/{b}.json" for x in targets for b in benches}
+
+
+TABLE_INPUTS = {"rl_metrics": "rl_metrics.csv", "evals": "evals.csv", "tracking": "tracking.csv"}
+
+
+def figure_inputs(wildcards):
+    """The tidy tables a figure or table of the track reads (its entry in the track's FIGURES)."""
+    name = wildcards.get("figure") or wildcards.get("table")
+    tables = get_track(wildcards.track).FIGURES[name]["tables"]
+    return {t: f"{RESULTS}/{wildcards.track}/tables/{TABLE_INPUTS[t]}" for t in tables}
 
 
 def pairs(mapping):
@@ -106,9 +165,9 @@ def pairs(mapping):
 
 
 def final_outputs(wildcards=None):
-    figures = f"{RESULTS}/figures"
-    return [
-        f"{figures}/fig_lambda_landscape.png",
-        f"{figures}/fig_rl_curves.png",
-        f"{figures}/table_final.csv",
-    ]
+    out = []
+    for t in TRACKS:
+        for name, spec in get_track(t).FIGURES.items():
+            ext = "png" if spec["kind"] == "figure" else "csv"
+            out.append(f"{RESULTS}/{t}/figures/{name}.{ext}")
+    return out

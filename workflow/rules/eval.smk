@@ -1,9 +1,10 @@
-# Stage 4: evaluations. One rule per benchmark, `eval_<bench>` (frpo.evals.BENCHMARKS), each evaluating any model:
-# π_ref (eval/ref/<bench>.json), every RL model (eval/rl/<run>/<bench>.json) and every fine-tuned model
-# (eval/ft/<run>/<setting>/<bench>.json). The SLURM profile sizes each benchmark's jobs separately.
+# Stage 4: evaluations. One rule per benchmark, `eval_<bench>` (frpo.evals.BENCHMARKS), each evaluating any model
+# of a track: π_ref (eval/ref/<bench>.json), every RL model (eval/rl/<run>/seed<s>/<bench>.json) and every
+# fine-tuned model (eval/ft/<run>/seed<s>/<setting>/seed<f>/<bench>.json). The SLURM profile sizes each
+# benchmark's jobs separately.
 from frpo.evals import BENCHMARKS
 
-EVAL_SPEC = spec_json(eval_spec(config, classifier()))  # the same for every benchmark
+EVAL_SPECS = {t: spec_json(eval_spec(VIEWS[t], classifier(t))) for t in TRACKS}  # one per track
 
 for _bench in BENCHMARKS:
 
@@ -14,15 +15,15 @@ for _bench in BENCHMARKS:
             model=eval_model,
             judge=classifier_input,
         output:
-            f"{RESULTS}/eval/{{target}}/{_bench}.json",
+            f"{RESULTS}/{{track}}/eval/{{target}}/{_bench}.json",
         params:
             bench=_bench,
-            spec=EVAL_SPEC,
+            spec=lambda w: EVAL_SPECS[w.track],
         log:
-            f"{LOGS}/eval/{{target}}/{_bench}.log",
+            f"{LOGS}/{{track}}/eval/{{target}}/{_bench}.log",
         threads: 2
         resources:
-            gpu=1 if config["device"] == "cuda" else 0,
+            gpu=on_gpu,
             mem_mb=16000,
             runtime=60,
         conda:

@@ -1,37 +1,19 @@
-# Stage 5: figures and tables (matplotlib; every one is in the report: snakemake --report report.html).
+# Stage 5: figures and tables, one rule each for any figure or table a track names (frpo.tracks: FIGURES), drawn
+# from the track's tidy tables (matplotlib; every one is in the report: snakemake --report report.html).
 
 
-rule figure_lambda_landscape:
+rule figure:
     input:
-        tracking=f"{RESULTS}/tracking.csv",
+        unpack(figure_inputs),
     output:
-        png=report(f"{RESULTS}/figures/fig_lambda_landscape.png", caption="../report/fig_lambda_landscape.rst",
-                   category="Figures"),
-        pdf=f"{RESULTS}/figures/fig_lambda_landscape.pdf",
-    log:
-        f"{LOGS}/figure_lambda_landscape.log",
-    threads: 1
-    resources:
-        gpu=0,
-        mem_mb=2000,
-        runtime=5,
-    conda:
-        ENV
-    shell:
-        "frpo figure lambda-landscape --tracking {input.tracking} --out {output.png} > {log} 2>&1"
-
-
-rule figure_rl_curves:
-    input:
-        unpack(rl_metrics_inputs),
-    output:
-        png=report(f"{RESULTS}/figures/fig_rl_curves.png", caption="../report/fig_rl_curves.rst",
-                   category="Figures"),
-        pdf=f"{RESULTS}/figures/fig_rl_curves.pdf",
+        png=report(f"{RESULTS}/{{track}}/figures/{{figure}}.png", caption="../report/figure.rst", category="Figures",
+                   subcategory="{track}"),
+        pdf=f"{RESULTS}/{{track}}/figures/{{figure}}.pdf",
     params:
         pairs=lambda w, input: pairs(dict(input.items())),
+        caption=lambda w: get_track(w.track).FIGURES[w.get("figure") or w.get("table")]["caption"],
     log:
-        f"{LOGS}/figure_rl_curves.log",
+        f"{LOGS}/{{track}}/figure/{{figure}}.log",
     threads: 1
     resources:
         gpu=0,
@@ -40,20 +22,21 @@ rule figure_rl_curves:
     conda:
         ENV
     shell:
-        "frpo figure rl-curves --metrics {params.pairs} --out {output.png} > {log} 2>&1"
+        "frpo figure {wildcards.figure} --track {wildcards.track} --out {output.png} {params.pairs} > {log} 2>&1"
 
 
-rule table_final:
+rule table:
     input:
-        unpack(eval_inputs),
-        tracking=f"{RESULTS}/tracking.csv",
+        unpack(figure_inputs),
     output:
-        csv=report(f"{RESULTS}/figures/table_final.csv", caption="../report/table_final.rst", category="Tables"),
-        md=f"{RESULTS}/figures/table_final.md",
+        csv=report(f"{RESULTS}/{{track}}/figures/{{table}}.csv", caption="../report/table.rst", category="Tables",
+                   subcategory="{track}"),
+        md=f"{RESULTS}/{{track}}/figures/{{table}}.md",
     params:
-        pairs=lambda w, input: pairs({k: v for k, v in input.items() if k != "tracking"}),
+        pairs=lambda w, input: pairs(dict(input.items())),
+        caption=lambda w: get_track(w.track).FIGURES[w.get("figure") or w.get("table")]["caption"],
     log:
-        f"{LOGS}/table_final.log",
+        f"{LOGS}/{{track}}/table/{{table}}.log",
     threads: 1
     resources:
         gpu=0,
@@ -62,4 +45,4 @@ rule table_final:
     conda:
         ENV
     shell:
-        "frpo figure table --tracking {input.tracking} --evals {params.pairs} --out {output.csv} > {log} 2>&1"
+        "frpo figure {wildcards.table} --track {wildcards.track} --out {output.csv} {params.pairs} > {log} 2>&1"

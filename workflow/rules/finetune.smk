@@ -1,24 +1,25 @@
-# Stage 2: downstream fine-tuning of every RL model over the configured sweep, with forgetting tracking
-# (per-token KL, safety and helpfulness rewards) at step 0 and every finetune.track.every_steps steps.
+# Stage 2: downstream fine-tuning of every RL model over the track's sweep, one run per fine-tuning seed, with
+# forgetting tracking (per-token KL and the track's probes) at step 0 and every finetune.track.every_steps steps.
 
 
 rule finetune:
     input:
-        model=f"{RESULTS}/models/{{run}}",
+        model=f"{RESULTS}/{{track}}/models/{{run}}/seed{{seed}}",
         judge=classifier_input,
+        data=finetune_data,
     output:
-        model=directory(f"{RESULTS}/ft/{{run}}/{{setting}}/model"),
-        tracking=f"{RESULTS}/ft/{{run}}/{{setting}}/tracking.csv",
+        model=directory(f"{RESULTS}/{{track}}/ft/{{run}}/seed{{seed}}/{{setting}}/seed{{ft_seed}}/model"),
+        tracking=f"{RESULTS}/{{track}}/ft/{{run}}/seed{{seed}}/{{setting}}/seed{{ft_seed}}/tracking.csv",
     params:
-        spec=lambda w: spec_json(finetune_spec(config, w.setting, classifier())),
+        spec=lambda w: spec_json(finetune_spec(V(w), w.setting, int(w.ft_seed), classifier(w.track))),
         out=lambda w, output: parent(output.tracking),
-        ckpt=lambda w: f"{CKPT}/ft/{w.run}/{w.setting}",
+        ckpt=lambda w: f"{CKPT}/{w.track}/ft/{w.run}/seed{w.seed}/{w.setting}/seed{w.ft_seed}",
     log:
-        f"{LOGS}/finetune/{{run}}/{{setting}}.log",
+        f"{LOGS}/{{track}}/finetune/{{run}}/seed{{seed}}/{{setting}}/seed{{ft_seed}}.log",
     retries: 1
     threads: 2
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=on_gpu,
         mem_mb=32000,
         runtime=lambda w, attempt: 720 * attempt,
     conda:

@@ -3,12 +3,12 @@
 
 rule merge_lora:
     input:
-        base=ref_model(),
-        adapter=f"{RESULTS}/rl/{{run}}/adapter",
+        base=lambda w: ref_model(w.track),
+        adapter=f"{RESULTS}/{{track}}/rl/{{run}}/seed{{seed}}/adapter",
     output:
-        directory(f"{RESULTS}/models/{{run}}"),
+        directory(f"{RESULTS}/{{track}}/models/{{run}}/seed{{seed}}"),
     log:
-        f"{LOGS}/merge_lora/{{run}}.log",
+        f"{LOGS}/{{track}}/merge_lora/{{run}}/seed{{seed}}.log",
     threads: 2
     resources:
         gpu=0,

@@ -1,13 +1,14 @@
-# Stage 1: base model, demo judge, warm-up SFT (π_ref), and RL training (GRPO, FRPO at each λ, FRPO at λ*).
+# Stage 1, per track: base model, data preparation, demo judge, warm-up SFT (π_ref), and RL training (GRPO,
+# FRPO at each λ, FRPO at λ*), one run per seed.
 
 
 rule prepare_base_model:
     output:
-        directory(f"{RESULTS}/models/base"),
+        directory(f"{RESULTS}/{{track}}/models/base"),
     params:
-        spec=spec_json(prepare_spec(config)),
+        spec=lambda w: spec_json(prepare_spec(V(w))),
     log:
-        f"{LOGS}/prepare_base_model.log",
+        f"{LOGS}/{{track}}/prepare_base_model.log",
     threads: 1
     resources:
         gpu=0,
@@ -19,13 +20,32 @@ rule prepare_base_model:
         "frpo prepare-model --spec {params.spec:q} --out {output} > {log} 2>&1"
 
 
+rule prepare_data:
+    output:
+        data=f"{RESULTS}/{{track}}/data/{{key}}.jsonl",
+        summary=f"{RESULTS}/{{track}}/data/{{key}}.summary.json",
+    params:
+        spec=lambda w: spec_json(data_spec(V(w), w.key)),
+    log:
+        f"{LOGS}/{{track}}/prepare_data/{{key}}.log",
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "frpo prepare-data --spec {params.spec:q} --out {output.data} > {log} 2>&1"
+
+
 rule fit_refusal_judge:
     output:
-        f"{RESULTS}/judges/refusal_classifier.json",
+        f"{RESULTS}/{{track}}/judges/refusal_classifier.json",
     params:
-        labelled=config["data"]["judge_labelled"],
+        labelled=lambda w: V(w)["data"]["judge_labelled"],
     log:
-        f"{LOGS}/fit_refusal_judge.log",
+        f"{LOGS}/{{track}}/fit_refusal_judge.log",
     threads: 2
     resources:
         gpu=0,
@@ -39,18 +59,18 @@ rule fit_refusal_judge:
 
 rule warmup_sft:
     input:
-        model=f"{RESULTS}/models/base",
+        model=f"{RESULTS}/{{track}}/models/base",
     output:
-        model=directory(f"{RESULTS}/warmup/model"),
+        model=directory(f"{RESULTS}/{{track}}/warmup/model"),
     params:
-        spec=lambda w: spec_json(warmup_spec(config)),  # lazily: a disabled warm-up may have no train section
+        spec=lambda w: spec_json(warmup_spec(V(w))),
         out=lambda w, output: parent(output.model),
-        ckpt=f"{CKPT}/warmup",
+        ckpt=lambda w: f"{CKPT}/{w.track}/warmup",
     log:
-        f"{LOGS}/warmup_sft.log",
+        f"{LOGS}/{{track}}/warmup_sft.log",
     threads: 2
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=on_gpu,
         mem_mb=16000,
         runtime=120,
     conda:
@@ -61,21 +81,22 @@ rule warmup_sft:
 
 rule rl_train:
     input:
-        model=ref_model(),
+        model=lambda w: ref_model(w.track),
         judge=classifier_input,
+        data=stage_data,
     output:
-        metrics=f"{RESULTS}/rl/{{run}}/metrics.jsonl",
-        adapter=directory(f"{RESULTS}/rl/{{run}}/adapter"),
+        metrics=f"{RESULTS}/{{track}}/rl/{{run}}/seed{{seed}}/metrics.jsonl",
+        adapter=directory(f"{RESULTS}/{{track}}/rl/{{run}}/seed{{seed}}/adapter"),
     params:
-        spec=lambda w: spec_json(rl_spec(config, w.run, classifier())),
+        spec=lambda w: spec_json(rl_spec(V(w), w.run, int(w.seed), classifier(w.track))),
         out=lambda w, output: parent(output.metrics),
-        ckpt=lambda w: f"{CKPT}/rl/{w.run}",
+        ckpt=lambda w: f"{CKPT}/{w.track}/rl/{w.run}/seed{w.seed}",
     log:
-        f"{LOGS}/rl_train/{{run}}.log",
+        f"{LOGS}/{{track}}/rl_train/{{run}}/seed{{seed}}.log",
     retries: 1
     threads: 2
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=on_gpu,
         mem_mb=32000,
         runtime=lambda w, attempt: 720 * attempt,
     conda:
@@ -86,14 +107,14 @@ rule rl_train:
 
 checkpoint lambda_select:
     input:
-        metrics=f"{RESULTS}/rl/grpo/metrics.jsonl",
+        metrics=lambda w: [f"{RESULTS}/{w.track}/rl/grpo/seed{s}/metrics.jsonl" for s in rl_seeds(V(w))],
     output:
-        f"{RESULTS}/rl/lambda_star.json",
+        f"{RESULTS}/{{track}}/rl/lambda_star.json",
     params:
-        rho=config["rl"].get("lambda_star", {}).get("rho", 0.1),
-        last_k=config["rl"].get("lambda_star", {}).get("last_k", 5),
+        rho=lambda w: V(w)["rl"].get("lambda_star", {}).get("rho", 0.1),
+        last_k=lambda w: V(w)["rl"].get("lambda_star", {}).get("last_k", 5),
     log:
-        f"{LOGS}/lambda_select.log",
+        f"{LOGS}/{{track}}/lambda_select.log",
     threads: 1
     resources:
         gpu=0,

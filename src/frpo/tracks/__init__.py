@@ -1,0 +1,38 @@
+"""Tracks: the paper's experiments as first-class objects.
+
+A track is one module of this package that names everything one experiment needs, and nothing else in the
+pipeline knows it by name:
+
+* ``DATA``: its data keys, each with the fields every row must have (checked at DAG start) and whether the key
+  is *prepared* (materialised by the ``prepare_data`` rule: hub downloads, filters) or read as configured;
+* ``prepare(key, spec) -> list[dict]``: the rows of a prepared key (the only code of a track that may reach the
+  network; ``spec["data"][key]`` is ``hub:<name>`` or a local file);
+* ``RL_DATA``: the data key of its RL prompts; ``rl_dataset(spec, split)``: those prompts as a TRL dataset;
+* ``reward_funcs(spec) -> (functions, weights)``: its RL reward functions (TRL's ``reward_funcs`` and
+  ``reward_weights``; weights None for an unweighted sum);
+* ``FINETUNE``: its downstream fine-tuning sets, data key -> SFT row format (``frpo.sft.sft_rows``);
+* ``probes(spec) -> list[frpo.track.Probe]``: what the forgetting tracker measures during fine-tuning;
+* ``FIGURES``: its figures and tables, name -> ``{"draw": "module:function", "tables": [...], "kind": "figure" |
+  "table"}``, drawn from the tidy tables (``frpo.tables``) by the generic ``figure`` and ``table`` rules;
+* ``check(view, source)``: what its config block needs beyond the schema (judges' credentials, say).
+
+Adding a track is one module here, one entry in :data:`TRACKS` and one block under ``tracks:`` in a config; the
+trainer, the rules and the other tracks are unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = ["TRACKS", "get_track"]
+
+#: track name -> module of this package
+TRACKS = {"safety": "safety", "math": "math"}
+
+
+def get_track(name: str) -> ModuleType:
+    """The module of track ``name``."""
+    if name not in TRACKS:
+        raise ValueError(f"unknown track {name!r} (known: {', '.join(sorted(TRACKS))})")
+    return importlib.import_module(f"{__name__}.{TRACKS[name]}")

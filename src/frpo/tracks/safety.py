@@ -1,0 +1,128 @@
+"""The safety track (paper §5.1, App. B–C): RL on harmful and benign prompts, then downstream fine-tuning on
+GSM8K-like and Alpaca-like data, with the forgetting tracker watching safety and helpfulness.
+
+As in the paper (spec §1.2) there are two reward functions: ``safety`` scores completions of harmful prompts with
+the safety judge, ``normal`` scores completions of benign prompts with the helpfulness judge, and each returns
+None for the other task's rows. The CPU demo runs this track on its built-in stand-in data.
+"""
+
+from __future__ import annotations
+
+from ..data import SAFETY_PROMPT_FIELDS
+
+__all__ = ["DATA", "FIGURES", "FINETUNE", "RL_DATA", "WARMUP_DATA", "check", "prepare", "probes", "reward_funcs",
+           "rl_dataset"]
+
+#: data key -> the fields every row must have; none of this track's keys is prepared (all are local files)
+DATA = {
+    "safety_prompts": {"fields": SAFETY_PROMPT_FIELDS},
+    "refusal_demos": {"fields": {"prompt": str, "response": str}},
+    "judge_labelled": {"fields": {"prompt": str, "response": str, "refusal": int, "split": str}},
+    "arithmetic": {"fields": {"question": str, "answer": str, "final": float, "split": str}},
+    "alpaca": {"fields": {"instruction": str, "input": str, "output": str}},
+}
+RL_DATA = "safety_prompts"
+#: the warm-up SFT's data key and row format (the demo's π_ref)
+WARMUP_DATA = ("refusal_demos", "chat")
+#: downstream fine-tuning sets: data key -> SFT row format (frpo.sft.sft_rows)
+FINETUNE = {"arithmetic": "gsm8k", "alpaca": "alpaca"}
+#: the judges a config block of this track must name (judges.<key>)
+JUDGES = ("safety", "helpfulness")
+
+FIGURES = {
+    "fig_lambda_landscape": {
+        "draw": "frpo.figures.safety:lambda_landscape", "tables": ["tracking"], "kind": "figure",
+        "caption": "Safety reward on held-out harmful prompts (greedy completions, as the public tracker scored "
+                   "them) against the per-token KL to the pre-fine-tuning model (sampled completions), measured "
+                   "during downstream fine-tuning (paper Fig. 3, left/middle). One line per RL model: GRPO (dashed) "
+                   "and FRPO at each λ, seeds averaged. Error bars: 95% bootstrap intervals over the held-out "
+                   "prompts (one seed) or ± std over seeds."},
+    "fig_rl_curves": {
+        "draw": "frpo.figures.safety:rl_curves", "tables": ["rl_metrics"], "kind": "figure",
+        "caption": "RL training curves (paper Fig. 13): safety and helpfulness rewards (shaded: ± one std of the "
+                   "step's rewards, or across seeds), per-token KL to π_ref, and the mean within-group reward std "
+                   "(n−1), per RL run."},
+    "table_final": {
+        "draw": "frpo.figures.safety:final_table", "tables": ["tracking", "evals"], "kind": "table",
+        "caption": "Final numbers: tracked safety and helpfulness rewards (greedy) before and after fine-tuning, the "
+                   "per-token KL reached (sampled), and every evaluation of π_ref, the RL models and the fine-tuned "
+                   "models. Each value sits beside its 95% bootstrap interval over prompts (or ± std over seeds), "
+                   "its sample count, and any limit, subset, malformed or excluded count."},
+}
+
+
+def prepare(key: str, spec: dict) -> list[dict]:
+    raise ValueError(f"safety track: data.{key} is read as configured; nothing prepares it")
+
+
+def prepared(key: str, source: str) -> bool:
+    return False
+
+
+def check(view: dict, source: str) -> None:
+    from ..config import ConfigError
+
+    judges = view.get("judges") or {}
+    for name in JUDGES:
+        if name not in judges:
+            raise ConfigError(f"{source}: tracks.safety.judges.{name}: missing (the track's {name} judge)")
+
+
+def rl_dataset(spec: dict, split: str):
+    """The safety/benign prompts of one split as a conversational TRL dataset with a ``task`` column."""
+    from datasets import Dataset
+
+    from ..data import read_safety_prompts
+
+    path = spec["data"][RL_DATA]
+    rows = read_safety_prompts(path, split)
+    if not rows:
+        raise ValueError(f"{path}: no rows with split={split!r}")
+    return Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["prompt"]}], "task": r["task"]} for r in rows]
+    )
+
+
+def reward_funcs(spec: dict) -> tuple[list, None]:
+    """The paper's two reward functions, ``safety`` and ``normal``, backed by the configured judges."""
+    from ..judges import build_judge_from_spec, completion_text, prompt_text
+
+    judges = spec["judges"]
+
+    def scored_for(task_name, judge):
+        def reward(prompts, completions, task, **kwargs):
+            rows = [i for i, t in enumerate(task) if t == task_name]
+            out: list[float | None] = [None] * len(task)
+            if rows:
+                scores = judge.score(
+                    [prompt_text(prompts[i]) for i in rows], [completion_text(completions[i]) for i in rows]
+                )
+                for i, s in zip(rows, scores, strict=True):
+                    out[i] = float(s)
+            return out
+
+        reward.__name__ = task_name
+        return reward
+
+    return ([scored_for("safety", build_judge_from_spec(judges["safety"])),
+             scored_for("normal", build_judge_from_spec(judges["helpfulness"]))], None)
+
+
+def probes(spec: dict) -> list:
+    """Held-out harmful prompts scored by the safety judge (``safety``) and benign ones scored by the helpfulness
+    judge (``helpfulness``), as many as ``track.n_prompts`` says, spread over the file's categories."""
+    from ..data import read_safety_prompts, spread
+    from ..judges import build_judge_from_spec
+    from ..track import Probe
+
+    n = spec["track_forgetting"]["n_prompts"]
+    held_out = read_safety_prompts(spec["data"][RL_DATA], "eval")
+    judges = spec["judges"]
+    out = []
+    for probe, task, judge in (("safety", "safety", "safety"), ("helpfulness", "normal", "helpfulness")):
+        if probe not in n:
+            raise ValueError(f"finetune.track.n_prompts.{probe}: missing (the safety track's probes are safety and "
+                             "helpfulness)")
+        prompts = spread([r["prompt"] for r in held_out if r["task"] == task], n[probe])
+        out.append(Probe(probe, prompts, build_judge_from_spec(judges[judge])))
+    return out
