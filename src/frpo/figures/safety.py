@@ -22,8 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .data import read_jsonl  # noqa: E402
-from .io import atomic_file, atomic_write_text, labelled_paths  # noqa: E402
+from ..data import read_jsonl  # noqa: E402
+from ..io import atomic_file, atomic_write_text, labelled_paths  # noqa: E402
 
 __all__ = ["final_table", "lambda_landscape", "rl_curves", "run_label"]
 
