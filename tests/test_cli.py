@@ -10,9 +10,17 @@ from frpo.cli import build_parser, main
 
 
 def test_every_stage_has_a_subcommand():
-    commands = set(build_parser()._subparsers._group_actions[0].choices)
-    assert {"prepare-model", "fit-judge", "sft", "rl", "lambda-select", "merge", "evaluate", "collect-tracking",
-            "figure", "lambda-star"} <= commands
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)
+    assert {"prepare-model", "prepare-data", "fit-judge", "sft", "rl", "lambda-select", "merge", "evaluate",
+            "collect", "figure", "lambda-star"} <= commands
+    assert "collect-tracking" not in commands  # replaced by `collect tracking --track`
+    args = parser.parse_args(["figure", "fig14", "--track", "math", "--out", "fig14.pdf", "rl_metrics=m.csv"])
+    assert (args.name, args.track, args.tables) == ("fig14", "math", ["rl_metrics=m.csv"])
+    args = parser.parse_args(["collect", "evals", "--track", "math", "--out", "evals.csv", "ref=ref.json"])
+    assert (args.kind, args.track, args.inputs) == ("evals", "math", ["ref=ref.json"])
+    with pytest.raises(SystemExit):  # a figure belongs to a track: --track is required
+        parser.parse_args(["figure", "fig14", "--out", "fig14.pdf", "rl_metrics=m.csv"])
 
 
 def test_lambda_star_from_std_and_from_rewards(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Workflow config: schema and semantic validation (errors name the key), and the per-stage specs."""
+"""Workflow config: schema and semantic validation of the track-shaped config (errors name the key
+``tracks.<track>.<key>`` and the reason), the track views, and the per-stage specs built from them."""
 
 from __future__ import annotations
 
@@ -10,24 +11,54 @@ import yaml
 
 from frpo.config import (
     ConfigError,
+    data_path,
+    data_spec,
+    eval_spec,
     finetune_settings,
     finetune_spec,
+    ft_seeds,
+    prepare_spec,
+    prepared_data,
     rl_runs,
+    rl_seeds,
     rl_spec,
+    track_names,
     validate_config,
+    view,
+    warmup_spec,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _in_the_repository(monkeypatch):
+    # the shipped configs name repository-relative files (smoke.yaml's math track reads tests/fixtures)
+    monkeypatch.chdir(ROOT)
+
+
 def load(name: str) -> dict:
     return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
-def test_shipped_configs_are_valid(name):
-    validate_config(load(name), SCHEMA)
+def safety() -> dict:
+    """The demo config: one track, safety."""
+    return load("config.yaml")
+
+
+def paper() -> dict:
+    """The paper config: one track, math (its data are hub sources, so validating it reads no file)."""
+    return load("paper.yaml")
+
+
+@pytest.mark.parametrize(
+    ("name", "tracks"), [("config.yaml", ["safety"]), ("smoke.yaml", ["safety", "math"]), ("paper.yaml", ["math"])]
+)
+def test_shipped_configs_are_valid(name, tracks):
+    config = load(name)
+    assert validate_config(config, SCHEMA) is config
+    assert track_names(config) == tracks
 
 
 def _set(config, dotted, value):
@@ -47,203 +78,411 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("rl.num_generations", 1, r"rl\.num_generations: 1 is less than the minimum of 2"),
-        ("rl.steps", "ten", r"rl\.steps: 'ten' is not of type 'integer'"),
-        ("rl.lambdas", ["0"], r"rl\.lambdas\.0: λ must be > 0"),
-        ("rl.lambdas", ["-0.5"], r"rl\.lambdas\.0: '-0.5' does not match"),
-        ("rl.lambdas", [0.2], r"rl\.lambdas\.0: 0\.2 is not of type 'string'"),
-        ("rl.lambdas", ["2e-1"], r"rl\.lambdas\.0: '2e-1' does not match"),  # run names hold plain decimals
-        ("rl.lambda_star.rho", 0, r"rl\.lambda_star\.rho: 0 is less than or equal to the minimum of 0"),
-        ("rl.colour", "blue", r"rl: Additional properties are not allowed \('colour' was unexpected\)"),
-        ("model.source", "ollama", r"model\.source: 'ollama' is not one of"),
-        ("finetune.learning_rates", ["0"], r"finetune\.learning_rates\.0: must be > 0"),
-        ("eval.benchmarks", ["mmlu_pro"], r"eval\.benchmarks\.0: 'mmlu_pro' is not one of"),
-        ("name", _DELETE, r"\(top level\): 'name' is a required property"),
+        ("rl.num_generations", 1, r"tracks\.safety\.rl\.num_generations: 1 is less than the minimum of 2"),
+        ("rl.steps", "ten", r"tracks\.safety\.rl\.steps: 'ten' is not of type 'integer'"),
+        ("rl.lambdas", ["0"], r"tracks\.safety\.rl\.lambdas\.0: λ must be > 0"),
+        ("rl.lambdas", ["-0.5"], r"tracks\.safety\.rl\.lambdas\.0: '-0.5' does not match"),
+        ("rl.lambdas", [0.2], r"tracks\.safety\.rl\.lambdas\.0: 0\.2 is not of type 'string'"),
+        ("rl.lambdas", ["2e-1"], r"tracks\.safety\.rl\.lambdas\.0: '2e-1' does not match"),  # names hold decimals
+        ("rl.lambda_star.rho", 0, r"tracks\.safety\.rl\.lambda_star\.rho: 0 is less than or equal to the minimum"),
+        ("rl.colour", "blue",
+         r"tracks\.safety\.rl: Additional properties are not allowed \('colour' was unexpected\)"),
+        ("model.source", "ollama", r"tracks\.safety\.model\.source: 'ollama' is not one of"),
+        ("finetune.learning_rates", ["0"], r"tracks\.safety\.finetune\.learning_rates\.0: must be > 0"),
+        ("eval.benchmarks", ["mmlu_pro"],
+         r"tracks\.safety\.eval\.benchmarks\.0: 'mmlu_pro' is not a benchmark \(known: .*harmbench"),
+        ("finetune.datasets", ["arithmetic", "code"],
+         r"tracks\.safety\.finetune\.datasets\.1: 'code' is not a fine-tuning set of track 'safety' "
+         r"\(known: arithmetic, alpaca\)"),
+        ("finetune.epochs", [0], r"tracks\.safety\.finetune\.epochs\.0: 0 is less than the minimum of 1"),
     ],
 )
 def test_bad_values_fail_with_the_key_and_the_reason(key, value, message):
-    config = load("config.yaml")
+    config = safety()
+    _set(config["tracks"]["safety"], key, value)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("name", _DELETE, r"\(top level\): 'name' is a required property"),
+        ("tracks", _DELETE, r"\(top level\): 'tracks' is a required property"),
+        ("tracks", {}, r"tracks: \{\} should be non-empty"),
+        # the old flat shape: its sections are refused at the top level, not silently ignored
+        ("rl", {"steps": 1}, r"\(top level\): Additional properties are not allowed \('rl' was unexpected\)"),
+        ("precision", "bf16", r"precision: 'bf16' is not one of \['fp32', 'bf16-mixed'\]"),
+    ],
+)
+def test_bad_top_level_values_fail_with_the_key_and_the_reason(key, value, message):
+    config = safety()
     _set(config, key, value)
     with pytest.raises(ConfigError, match=message):
         validate_config(config, SCHEMA)
 
 
+def test_an_unknown_track_is_refused_naming_it():
+    config = safety()
+    config["tracks"]["vision"] = copy.deepcopy(config["tracks"]["safety"])
+    with pytest.raises(ConfigError, match=r"tracks\.vision: unknown track \(known: math, safety\)"):
+        validate_config(config, SCHEMA)
+
+
 def test_unknown_key_error_lists_the_known_keys():
-    config = load("config.yaml")
-    config["rl"]["lamdbas"] = ["0.5"]
-    with pytest.raises(ConfigError, match="known keys: .*lambdas"):
+    config = safety()
+    config["tracks"]["safety"]["rl"]["lamdbas"] = ["0.5"]
+    with pytest.raises(ConfigError,
+                       match=r"tracks\.safety\.rl: .*'lamdbas' was unexpected.*known keys: .*lambdas"):
         validate_config(config, SCHEMA)
 
 
-def test_a_missing_local_model_directory_is_named(tmp_path):
-    config = load("config.yaml")
-    config["model"] = {"source": "local", "local": {"path": str(tmp_path / "nowhere")}}
-    with pytest.raises(ConfigError, match=r"model\.local\.path: .*nowhere.* is not a directory"):
+def test_a_data_key_missing_or_unknown_for_the_track_is_named():
+    config = safety()
+    del config["tracks"]["safety"]["data"]["alpaca"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.data\.alpaca: missing \(track 'safety' needs it\)"):
+        validate_config(config, SCHEMA)
+    config = safety()
+    config["tracks"]["safety"]["data"]["code"] = "builtin:code_instruct"  # a key of the math track, not this one
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.data\.code: not a data key of track 'safety' "
+                                          r"\(known: safety_prompts, .*alpaca\)"):
+        validate_config(config, SCHEMA)
+    config = paper()
+    del config["tracks"]["math"]["data"]["math500"]  # it filters MATH500 out of the RL data: never optional
+    with pytest.raises(ConfigError, match=r"tracks\.math\.data\.math500: missing \(track 'math' needs it\)"):
         validate_config(config, SCHEMA)
 
 
-def test_an_api_judge_without_its_key_fails_at_start(monkeypatch):
-    config = load("config.yaml")
-    config["judges"]["safety"] = {"name": "safety_paper"}
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match=r"judges\.safety: .*OPENAI_API_KEY"):
+def test_hub_sources_only_for_keys_that_allow_them():
+    config = safety()
+    config["tracks"]["safety"]["data"]["arithmetic"] = "hub:gsm8k"
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.data\.arithmetic: a hub source is not supported"):
         validate_config(config, SCHEMA)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = paper()
+    assert all(str(v).startswith("hub:") for v in config["tracks"]["math"]["data"].values())
     validate_config(config, SCHEMA)
-
-
-def test_judged_benchmarks_need_their_data_and_their_default_judges_key(monkeypatch, tmp_path):
-    config = load("config.yaml")
-    config["eval"]["benchmarks"] = ["harmbench"]
-    with pytest.raises(ConfigError, match=r"eval\.harmbench\.behaviors: missing"):
-        validate_config(config, SCHEMA)
-    config["eval"]["harmbench"] = {"behaviors": str(tmp_path / "nowhere.csv"), "judge": {"name": "minilm_refusal"}}
-    with pytest.raises(ConfigError, match=r"eval\.harmbench\.behaviors: .*nowhere\.csv.* is not a file"):
-        validate_config(config, SCHEMA)
-    csv = tmp_path / "behaviors.csv"
-    csv.write_text("Behavior,FunctionalCategory\nx,standard\n")
-    config["eval"]["harmbench"]["behaviors"] = str(csv)
-    validate_config(config, SCHEMA)
-    # with no judge named, the default (the paper's GPT-4o labelling) needs its key now, not after training
-    del config["eval"]["harmbench"]["judge"]
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match=r"eval\.harmbench\.judge: judge 'gpt4o_harmbench' .*OPENAI_API_KEY"):
-        validate_config(config, SCHEMA)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    validate_config(config, SCHEMA)
-
-    config["eval"]["benchmarks"] = ["strongreject"]
-    with pytest.raises(ConfigError, match=r"eval\.strongreject\.datasets\.small: missing"):
-        validate_config(config, SCHEMA)
-    config["eval"]["strongreject"] = {"dataset": "full", "datasets": {"small": str(csv)}}
-    with pytest.raises(ConfigError, match=r"eval\.strongreject\.datasets\.full: missing"):
-        validate_config(config, SCHEMA)
-    config["eval"]["strongreject"]["datasets"]["full"] = str(csv)
-    validate_config(config, SCHEMA)
-    config["eval"]["strongreject"] = {"dataset": "mini", "datasets": {"mini": str(tmp_path / "none.csv")}}
-    with pytest.raises(ConfigError, match=r"eval\.strongreject\.datasets\.mini: .*none\.csv.* is not a file"):
-        validate_config(config, SCHEMA)
-    config["eval"]["strongreject"] = {"dataset": str(tmp_path / "elsewhere.csv")}
-    with pytest.raises(ConfigError, match=r"eval\.strongreject\.dataset: .*elsewhere\.csv.* is not a file"):
-        validate_config(config, SCHEMA)
-
-
-def test_lambda_star_needs_a_grpo_run():
-    config = load("config.yaml")
-    config["rl"]["algorithms"] = ["frpo"]
-    with pytest.raises(ConfigError, match=r"rl\.lambda_star: .*grpo"):
-        validate_config(config, SCHEMA)
-
-
-def test_runs_and_settings_are_canonical_names():
-    config = load("config.yaml")
-    assert rl_runs(config) == ["grpo", "frpo_lam0.2"]
-    assert rl_runs(config, lambda_star="0.16") == ["grpo", "frpo_lam0.2", "frpo_lam0.16"]
-    assert rl_runs(config, lambda_star="0.2") == ["grpo", "frpo_lam0.2"]  # λ* equal to a listed λ: one run
-    config["finetune"].update(datasets=["arithmetic", "alpaca"], methods=["lora"], learning_rates=["1e-6", "6e-5"],
-                              epochs=[1, 2])
-    settings = finetune_settings(config)
-    assert len(settings) == 8 and "alpaca-lora-lr6e-5-ep2" in settings
-
-
-def test_a_new_lambda_does_not_change_the_other_runs_specs():
-    config = load("config.yaml")
-    before = {run: rl_spec(config, run, "clf.pt") for run in ("grpo", "frpo_lam0.2")}
-    changed = copy.deepcopy(config)
-    changed["rl"]["lambdas"] = ["0.2", "0.5"]
-    after = {run: rl_spec(changed, run, "clf.pt") for run in ("grpo", "frpo_lam0.2")}
-    assert before == after  # so snakemake reruns only the new λ's jobs
-    changed["rl"]["beta"] = 0.05
-    assert rl_spec(changed, "grpo", "clf.pt") != before["grpo"]
-
-
-def test_finetune_spec_parses_the_setting_name():
-    config = load("config.yaml")
-    spec = finetune_spec(config, "alpaca-lora-lr6e-5-ep2", "clf.pt")
-    assert spec["train"]["method"] == "lora" and spec["train"]["learning_rate"] == 6e-5
-    assert spec["train"]["epochs"] == 2 and spec["train"]["lora"]["r"] == 16
-    assert spec["dataset"] == {"path": "builtin:alpaca_like", "format": "alpaca", "split": "train",
-                               "max_examples": config["finetune"]["max_examples"]}
-    assert spec["judges"]["safety"]["options"]["classifier_path"] == "clf.pt"
-    with pytest.raises(ConfigError, match="not <dataset>"):
-        finetune_spec(config, "alpaca-qlora-lr1-ep1", None)
 
 
 def test_a_missing_data_file_is_named(tmp_path):
-    config = load("config.yaml")
-    config["data"]["arithmetic"] = str(tmp_path / "gsm.jsonl")
-    with pytest.raises(ConfigError, match=r"data\.arithmetic: .*gsm\.jsonl"):
+    config = safety()
+    config["tracks"]["safety"]["data"]["arithmetic"] = str(tmp_path / "gsm.jsonl")
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.data\.arithmetic: .*gsm\.jsonl"):
         validate_config(config, SCHEMA)
 
 
 def test_a_corrupt_data_file_names_the_file_and_the_line(tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "hi", "task": "normal", "split": "train"}\n{"prompt": "oops", "task": \n')
-    config = load("config.yaml")
-    config["data"]["safety_prompts"] = str(bad)
-    with pytest.raises(ConfigError, match=r"data\.safety_prompts: .*prompts\.jsonl:2: invalid JSON"):
+    config = safety()
+    config["tracks"]["safety"]["data"]["safety_prompts"] = str(bad)
+    with pytest.raises(ConfigError,
+                       match=r"tracks\.safety\.data\.safety_prompts: .*prompts\.jsonl:2: invalid JSON"):
         validate_config(config, SCHEMA)
     bad.write_text('{"prompt": 3, "task": "normal", "split": "train"}\n')
     with pytest.raises(ConfigError, match=r"prompts\.jsonl:1: key 'prompt' must be str, got int"):
         validate_config(config, SCHEMA)
 
 
-def test_beta_per_run_reaches_each_run_spec_and_only_that_one():
-    config = load("config.yaml")
-    config["rl"]["lambdas"] = ["5", "0.2"]
-    config["rl"]["beta"] = {"grpo": 0.1, "5": 2.0e-4, "0.2": 5.0e-3, "default": 1.0e-3}
+def test_a_local_file_of_a_prepared_key_is_checked_too(tmp_path):
+    bad = tmp_path / "problems.jsonl"
+    bad.write_text('{"problem": "1+1"}\n')  # no solution
+    config = load("smoke.yaml")
+    config["tracks"]["math"]["data"]["math_problems"] = str(bad)
+    with pytest.raises(ConfigError, match=r"tracks\.math\.data\.math_problems: .*problems\.jsonl:1: .*solution"):
+        validate_config(config, SCHEMA)
+
+
+def test_a_missing_local_model_directory_is_named(tmp_path):
+    config = safety()
+    config["tracks"]["safety"]["model"] = {"source": "local", "local": {"path": str(tmp_path / "nowhere")}}
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.model\.local\.path: .*nowhere.* is not a directory"):
+        validate_config(config, SCHEMA)
+
+
+def test_the_safety_track_needs_its_judges():
+    config = safety()
+    del config["tracks"]["safety"]["judges"]["helpfulness"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.judges\.helpfulness: missing"):
+        validate_config(config, SCHEMA)
+
+
+def test_a_track_without_warmup_data_refuses_a_warmup():
+    config = paper()
+    config["tracks"]["math"]["warmup"] = {"enabled": True}
+    with pytest.raises(ConfigError, match=r"tracks\.math\.warmup\.enabled: track 'math' has no warm-up data"):
+        validate_config(config, SCHEMA)
+
+
+def test_an_api_judge_without_its_key_fails_at_start(monkeypatch):
+    config = safety()
+    config["tracks"]["safety"]["judges"]["safety"] = {"name": "safety_paper"}
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.judges\.safety: .*OPENAI_API_KEY"):
+        validate_config(config, SCHEMA)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     validate_config(config, SCHEMA)
-    assert rl_spec(config, "grpo", None)["rl"]["beta"] == 0.1
-    assert rl_spec(config, "frpo_lam5", None)["rl"]["beta"] == 2.0e-4
-    assert rl_spec(config, "frpo_lam0.2", None)["rl"]["beta"] == 5.0e-3
-    assert rl_spec(config, "frpo_lam0.25", None)["rl"]["beta"] == 1.0e-3  # λ*: the default
-    before = rl_spec(config, "frpo_lam0.2", None)
-    config["rl"]["beta"]["5"] = 3.0e-4  # another run's β: this run's spec (and so its job) is unchanged
-    assert rl_spec(config, "frpo_lam0.2", None) == before
-    config["rl"]["beta"] = 0.02  # a plain number still means every run
-    assert {rl_spec(config, r, None)["rl"]["beta"] for r in ("grpo", "frpo_lam5")} == {0.02}
+
+
+def test_judged_benchmarks_need_their_data_and_their_default_judges_key(monkeypatch, tmp_path):
+    config = safety()
+    ev = config["tracks"]["safety"]["eval"]
+    ev["benchmarks"] = ["harmbench"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.eval\.harmbench\.behaviors: missing"):
+        validate_config(config, SCHEMA)
+    ev["harmbench"] = {"behaviors": str(tmp_path / "nowhere.csv"), "judge": {"name": "minilm_refusal"}}
+    with pytest.raises(ConfigError,
+                       match=r"tracks\.safety\.eval\.harmbench\.behaviors: .*nowhere\.csv.* is not a file"):
+        validate_config(config, SCHEMA)
+    csv = tmp_path / "behaviors.csv"
+    csv.write_text("Behavior,FunctionalCategory\nx,standard\n")
+    ev["harmbench"]["behaviors"] = str(csv)
+    validate_config(config, SCHEMA)
+    # with no judge named, the default (the paper's GPT-4o labelling) needs its key now, not after training
+    del ev["harmbench"]["judge"]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError,
+                       match=r"tracks\.safety\.eval\.harmbench\.judge: judge 'gpt4o_harmbench' .*OPENAI_API_KEY"):
+        validate_config(config, SCHEMA)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    validate_config(config, SCHEMA)
+
+    ev["benchmarks"] = ["strongreject"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.eval\.strongreject\.datasets\.small: missing"):
+        validate_config(config, SCHEMA)
+    ev["strongreject"] = {"dataset": "full", "datasets": {"small": str(csv)}}
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.eval\.strongreject\.datasets\.full: missing"):
+        validate_config(config, SCHEMA)
+    ev["strongreject"]["datasets"]["full"] = str(csv)
+    validate_config(config, SCHEMA)
+    ev["strongreject"] = {"dataset": "mini", "datasets": {"mini": str(tmp_path / "none.csv")}}
+    with pytest.raises(ConfigError,
+                       match=r"tracks\.safety\.eval\.strongreject\.datasets\.mini: .*none\.csv.* is not a file"):
+        validate_config(config, SCHEMA)
+    ev["strongreject"] = {"dataset": str(tmp_path / "elsewhere.csv")}
+    with pytest.raises(ConfigError,
+                       match=r"tracks\.safety\.eval\.strongreject\.dataset: .*elsewhere\.csv.* is not a file"):
+        validate_config(config, SCHEMA)
+
+
+def test_lambda_star_needs_a_grpo_run():
+    config = safety()
+    config["tracks"]["safety"]["rl"]["algorithms"] = ["frpo"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.rl\.lambda_star: .*grpo"):
+        validate_config(config, SCHEMA)
+
+
+def test_frpo_needs_a_lambda():
+    config = paper()
+    config["tracks"]["math"]["rl"]["lambdas"] = []
+    config["tracks"]["math"]["rl"]["learning_rate"] = 6.0e-6
+    with pytest.raises(ConfigError, match=r"tracks\.math\.rl\.lambdas: FRPO needs at least one λ"):
+        validate_config(config, SCHEMA)
+
+
+@pytest.mark.xfail(strict=True, reason="config.py:43 injects the λ pattern as f'^{LAMBDA_RE}$', and '$' also "
+                                       "matches before a final newline: rl.lambdas ['0.2\\n'] validates, then "
+                                       "rl_runs raises a ValueError that names no key")
+def test_a_lambda_with_a_trailing_newline_is_refused_naming_the_key():
+    config = safety()
+    config["tracks"]["safety"]["rl"]["lambdas"] = ["0.2\n"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.rl\.lambdas\.0"):
+        validate_config(config, SCHEMA)
+
+
+@pytest.mark.xfail(strict=True, reason="config.py (_check_track) does not check finetune.track.n_prompts against "
+                                       "the track's probes: {safety: 4} on the math track validates, and fails "
+                                       "only in tracks/math.py probes() when the fine-tuning job starts, after RL")
+def test_a_tracker_probe_the_track_does_not_have_is_refused_at_start():
+    config = load("smoke.yaml")
+    config["tracks"]["math"]["finetune"]["track"]["n_prompts"] = {"safety": 4}
+    with pytest.raises(ConfigError, match=r"tracks\.math\.finetune\.track\.n_prompts"):
+        validate_config(config, SCHEMA)
+
+
+def test_view_is_the_track_block_with_the_shared_keys():
+    config = paper()
+    v = view(config, "math")
+    assert (v["name"], v["device"], v["seed"], v["precision"]) == ("paper", "cuda", 0, "bf16-mixed")
+    assert v["track"] == "math" and v["results"] == "results/paper/math"
+    assert v["rl"] == config["tracks"]["math"]["rl"]
+    v["rl"]["beta"] = 1.0  # a copy: a rule that edits its view leaves the config alone
+    assert config["tracks"]["math"]["rl"]["beta"] == 1.0e-4
+
+
+def test_runs_and_settings_are_canonical_names():
+    config = safety()
+    v = view(config, "safety")
+    assert rl_runs(v) == ["grpo", "frpo_lam0.2"]
+    assert rl_runs(v, lambda_star="0.16") == ["grpo", "frpo_lam0.2", "frpo_lam0.16"]
+    assert rl_runs(v, lambda_star="0.2") == ["grpo", "frpo_lam0.2"]  # λ* equal to a listed λ: one run
+    v["finetune"].update(datasets=["arithmetic", "alpaca"], methods=["lora"], learning_rates=["1e-6", "6e-5"],
+                         epochs=[1, 2])
+    settings = finetune_settings(v)
+    assert len(settings) == 8 and "alpaca-lora-lr6e-5-ep2" in settings
+    assert rl_runs(view(paper(), "math")) == ["grpo"] + [f"frpo_lam{lam}" for lam in
+                                                         ["10", "4", "2", "1", "0.5", "0.2", "0.1"]]
+
+
+def test_a_new_lambda_or_seed_does_not_change_the_other_runs_specs():
+    config = safety()
+    v = view(config, "safety")
+    before = {run: rl_spec(v, run, 0, "clf.pt") for run in ("grpo", "frpo_lam0.2")}
+    changed = copy.deepcopy(config)
+    changed["tracks"]["safety"]["rl"]["lambdas"] = ["0.2", "0.5"]
+    changed["tracks"]["safety"]["rl"]["seeds"] = [0, 1]
+    validate_config(changed, SCHEMA)
+    after = {run: rl_spec(view(changed, "safety"), run, 0, "clf.pt") for run in ("grpo", "frpo_lam0.2")}
+    assert before == after  # so snakemake reruns only the new λ's and the new seed's jobs
+    changed["tracks"]["safety"]["rl"]["beta"] = 0.05
+    assert rl_spec(view(changed, "safety"), "grpo", 0, "clf.pt") != before["grpo"]
+
+
+def test_seeds_reach_the_specs():
+    v = view(paper(), "math")
+    assert rl_seeds(v) == [0] and ft_seeds(v) == [0, 1, 2]
+    assert rl_spec(v, "grpo", 2, None)["seed"] == 2
+    assert rl_spec(v, "frpo_lam0.5", 0, None)["seed"] == 0
+    assert [finetune_spec(v, "code-lora-lr5e-5-ep1", s, None)["seed"] for s in ft_seeds(v)] == [0, 1, 2]
+    config = safety()
+    config["seed"] = 7
+    assert rl_seeds(view(config, "safety")) == [7] and ft_seeds(view(config, "safety")) == [7]  # default: the seed
+
+
+def test_finetune_spec_parses_the_setting_name():
+    v = view(safety(), "safety")
+    spec = finetune_spec(v, "alpaca-lora-lr6e-5-ep2", 0, "clf.pt")
+    assert spec["train"]["method"] == "lora" and spec["train"]["learning_rate"] == 6e-5
+    assert spec["train"]["epochs"] == 2 and spec["train"]["lora"]["r"] == 16
+    assert spec["dataset"] == {"path": "builtin:alpaca_like", "format": "alpaca", "split": "train",
+                               "max_examples": v["finetune"]["max_examples"]}
+    assert spec["judges"]["safety"]["options"]["classifier_path"] == "clf.pt"
+    assert spec["track_forgetting"] == v["finetune"]["track"]
+    assert spec["track_forgetting"]["n_prompts"] == {"safety": 12, "helpfulness": 8}
+    assert spec["data"] == {"safety_prompts": "builtin:safety_prompts"}
+    with pytest.raises(ValueError, match="not <dataset>"):
+        finetune_spec(v, "alpaca-qlora-lr1-ep1", 0, None)
+
+
+def test_finetune_spec_of_the_math_track_reads_the_prepared_code_data():
+    v = view(paper(), "math")
+    spec = finetune_spec(v, finetune_settings(v)[0], 1, None)
+    assert spec["dataset"]["format"] == "code"
+    assert spec["dataset"]["path"] == "results/paper/math/data/code.jsonl"
+    assert spec["data"] == {"math_problems": "results/paper/math/data/math_problems.jsonl"}
+    assert spec["track_forgetting"] is None  # paper.yaml: no tracker during code SFT
+    assert spec["train"]["max_grad_norm"] == 0.3 and spec["train"]["weight_decay"] == 0.04
+
+
+def test_data_path_of_a_prepared_and_a_plain_key():
+    math = view(paper(), "math")
+    assert prepared_data(math) == ["math_problems", "code"]
+    assert data_path(math, "code") == "results/paper/math/data/code.jsonl"
+    assert data_path(math, "math500") == "hub:math500"  # read as configured (only to filter math_problems)
+    smoke = view(load("smoke.yaml"), "math")  # a prepared key with a local source is still prepared
+    assert data_path(smoke, "math_problems") == "results/smoke/math/data/math_problems.jsonl"
+    demo = view(safety(), "safety")
+    assert prepared_data(demo) == []
+    assert data_path(demo, "arithmetic") == "builtin:arithmetic"
+    assert data_spec(math, "code") == {"track": "math", "key": "code", "data": math["data"], "seed": 0}
+
+
+def test_beta_per_run_reaches_each_run_spec_and_only_that_one():
+    config = safety()
+    rl = config["tracks"]["safety"]["rl"]
+    rl["lambdas"] = ["5", "0.2"]
+    rl["beta"] = {"grpo": 0.1, "5": 2.0e-4, "0.2": 5.0e-3, "default": 1.0e-3}
+    validate_config(config, SCHEMA)
+    v = view(config, "safety")
+    assert rl_spec(v, "grpo", 0, None)["rl"]["beta"] == 0.1
+    assert rl_spec(v, "frpo_lam5", 0, None)["rl"]["beta"] == 2.0e-4
+    assert rl_spec(v, "frpo_lam0.2", 0, None)["rl"]["beta"] == 5.0e-3
+    assert rl_spec(v, "frpo_lam0.25", 0, None)["rl"]["beta"] == 1.0e-3  # λ*: the default
+    before = rl_spec(v, "frpo_lam0.2", 0, None)
+    rl["beta"]["5"] = 3.0e-4  # another run's β: this run's spec (and so its job) is unchanged
+    assert rl_spec(view(config, "safety"), "frpo_lam0.2", 0, None) == before
+    rl["beta"] = 0.02  # a plain number still means every run
+    assert {rl_spec(view(config, "safety"), r, 0, None)["rl"]["beta"] for r in ("grpo", "frpo_lam5")} == {0.02}
+
+
+def test_learning_rate_and_max_grad_norm_per_run_reach_each_run_spec():
+    v = view(paper(), "math")
+    lr = {run: rl_spec(v, run, 0, None)["rl"]["learning_rate"] for run in rl_runs(v)}
+    assert lr["frpo_lam0.5"] == 5e-6 and lr["frpo_lam0.2"] == 5e-6 and lr["frpo_lam0.1"] == 5e-6
+    assert lr["frpo_lam2"] == 6e-6 and lr["frpo_lam10"] == 6e-6 and lr["grpo"] == 6e-6
+    norm = {run: rl_spec(v, run, 0, None)["rl"]["max_grad_norm"] for run in rl_runs(v)}
+    assert norm.pop("grpo") == 1.0
+    assert set(norm.values()) == {0.5} and len(norm) == 7  # every FRPO run: the map's default
+    assert rl_spec(v, "grpo", 0, None)["rl"]["weight_decay"] == 0.0  # a plain number: every run
+
+
+def test_weight_decay_per_run_reaches_each_run_spec():
+    config = safety()
+    config["tracks"]["safety"]["rl"]["weight_decay"] = {"grpo": 0.1, "0.2": 0.0, "default": 0.05}
+    validate_config(config, SCHEMA)
+    v = view(config, "safety")
+    assert [rl_spec(v, run, 0, None)["rl"]["weight_decay"] for run in rl_runs(v, lambda_star="0.3")] == [
+        0.1, 0.0, 0.05]
 
 
 @pytest.mark.parametrize(
     ("beta", "message"),
     [
-        ({"grpo": 0.1}, r"rl\.beta: no β for 0\.2"),
-        ({"grpo": 0.1, "0.2": 0.005, "0.5": 0.002}, r"rl\.beta\.0\.5: λ=0\.5 is not in rl\.lambdas"),
-        ({"grpo": 0.1, "frpo": 0.005}, r"rl\.beta\.frpo: a β map's keys are grpo, default or a λ"),
-        ({"grpo": 0.1, "0.2": -1.0}, r"rl\.beta\.0\.2: -1\.0 is less than the minimum of 0"),
-        ({"grpo": 0.1, "0.2": 0.005}, r"rl\.beta: FRPO at λ\* needs rl\.beta\.default"),
-        (-0.5, r"rl\.beta: -0\.5 is less than the minimum of 0"),
+        ({"grpo": 0.1}, r"tracks\.safety\.rl\.beta: no value for 0\.2 \(add them, or a default\)"),
+        ({"grpo": 0.1, "0.2": 0.005, "0.5": 0.002},
+         r"tracks\.safety\.rl\.beta\.0\.5: λ=0\.5 is not in rl\.lambdas"),
+        ({"grpo": 0.1, "frpo": 0.005},
+         r"tracks\.safety\.rl\.beta\.frpo: a per-run map's keys are grpo, default or a λ"),
+        ({"grpo": 0.1, "0.2": -1.0}, r"tracks\.safety\.rl\.beta\.0\.2: -1\.0 is less than the minimum of 0"),
+        ({"grpo": 0.1, "0.2": 0.005}, r"tracks\.safety\.rl\.beta: FRPO at λ\* needs beta\.default"),
+        (-0.5, r"tracks\.safety\.rl\.beta: -0\.5 is less than the minimum of 0"),
     ],
 )
 def test_a_beta_map_must_cover_every_run(beta, message):
-    config = load("config.yaml")
-    config["rl"]["beta"] = beta
+    config = safety()
+    config["tracks"]["safety"]["rl"]["beta"] = beta
     with pytest.raises(ConfigError, match=message):
         validate_config(config, SCHEMA)
 
 
-def test_rl_length_is_steps_or_epochs_not_both():
-    config = load("config.yaml")
-    config["rl"]["epochs"] = 2
-    with pytest.raises(ConfigError, match=r"rl: give exactly one of rl\.steps .* and rl\.epochs"):
+@pytest.mark.parametrize("key", ["learning_rate", "max_grad_norm", "weight_decay"])
+def test_every_per_run_map_must_cover_every_run(key):
+    config = paper()
+    config["tracks"]["math"]["rl"][key] = {"grpo": 1.0e-6, "10": 1.0e-6}
+    with pytest.raises(ConfigError, match=rf"tracks\.math\.rl\.{key}: no value for 4, 2, 1, 0\.5, 0\.2, 0\.1"):
         validate_config(config, SCHEMA)
-    del config["rl"]["steps"]
+    config["tracks"]["math"]["rl"][key] = {"grpo": 1.0e-6, "3": 1.0e-6, "default": 1.0e-6}
+    with pytest.raises(ConfigError, match=rf"tracks\.math\.rl\.{key}\.3: λ=3 is not in rl\.lambdas"):
+        validate_config(config, SCHEMA)
+
+
+def test_rl_length_is_steps_or_epochs_not_both():
+    config = safety()
+    rl = config["tracks"]["safety"]["rl"]
+    rl["epochs"] = 2
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.rl: give exactly one of rl\.steps .* and rl\.epochs"):
+        validate_config(config, SCHEMA)
+    del rl["steps"]
     validate_config(config, SCHEMA)
+    del rl["epochs"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.rl: give exactly one of rl\.steps"):
+        validate_config(config, SCHEMA)
 
 
 def test_the_old_lambda_scale_names_are_refused():
-    config = load("config.yaml")
-    config["rl"]["lambda_scale"] = "paper"  # ambiguous: the paper's text and its figures use different scalings
-    with pytest.raises(ConfigError, match=r"rl\.lambda_scale: 'paper' is not one of \['equation_4_1', 'max_lambda_1'\]"):
+    config = safety()
+    config["tracks"]["safety"]["rl"]["lambda_scale"] = "paper"  # ambiguous: the text and the figures differ
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.rl\.lambda_scale: 'paper' is not one of "
+                                          r"\['equation_4_1', 'max_lambda_1'\]"):
         validate_config(config, SCHEMA)
 
 
 def test_precision_reaches_every_training_stage_and_only_when_set():
-    from frpo.config import warmup_spec
+    config = safety()
 
-    config = load("config.yaml")
-    specs = lambda c: [warmup_spec(c), rl_spec(c, "grpo", None),  # noqa: E731
-                       finetune_spec(c, finetune_settings(c)[0], None)]
+    def specs(c):
+        v = view(c, "safety")
+        return [warmup_spec(v), rl_spec(v, "grpo", 0, None), finetune_spec(v, finetune_settings(v)[0], 0, None)]
+
     assert all("precision" not in s for s in specs(config))  # the device's default (frpo.training.precision)
     config["precision"] = "bf16-mixed"
     validate_config(config, SCHEMA)
@@ -251,3 +490,73 @@ def test_precision_reaches_every_training_stage_and_only_when_set():
     config["precision"] = "bf16"  # pure bf16 weights: refused (most AdamW updates vanish at lr 1e-6)
     with pytest.raises(ConfigError, match=r"precision: 'bf16' is not one of \['fp32', 'bf16-mixed'\]"):
         validate_config(config, SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No silent inheritance: the paper config, validated on its own, hands its stages nothing of the CPU demo.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _all_specs(config: dict) -> list[dict]:
+    """Every stage spec of every track of ``config``, as the workflow's rules build them."""
+    out = []
+    for track in track_names(config):
+        v = view(config, track)
+        out.append(prepare_spec(v))
+        out += [data_spec(v, key) for key in prepared_data(v)]
+        if v["warmup"]["enabled"]:
+            out.append(warmup_spec(v))
+        star = "0.123" if v["rl"].get("lambda_star", {}).get("enabled") else None
+        out += [rl_spec(v, run, seed, "clf.pt") for run in rl_runs(v, star) for seed in rl_seeds(v)]
+        out += [finetune_spec(v, s, seed, "clf.pt") for s in finetune_settings(v) for seed in ft_seeds(v)]
+        out.append(eval_spec(v, "clf.pt"))
+    return out
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def _judge_names(node):
+    """The name of every judge in a spec: the values of a ``judges`` map and any ``judge`` section."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "judges" and isinstance(value, dict):
+                yield from (j["name"] for j in value.values() if isinstance(j, dict))
+            elif key == "judge" and value:
+                yield value["name"] if isinstance(value, dict) else value
+            yield from _judge_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _judge_names(value)
+
+
+def _demo_values(specs: list[dict]) -> list[str]:
+    found = [s for spec in specs for s in _strings(spec) if s.startswith("builtin:")]
+    found += [n for spec in specs for n in _judge_names(spec) if n.startswith("minilm_")]
+    found += [spec["device"] for spec in specs if "device" in spec and spec["device"] != "cuda"]
+    return found
+
+
+def test_the_demo_values_are_seen_where_they_are():
+    # the check below can fail: on the demo config it finds the built-in data, the MiniLM judges and the CPU
+    specs = _all_specs(validate_config(safety(), SCHEMA))
+    found = _demo_values(specs)
+    assert "builtin:safety_prompts" in found and "minilm_refusal" in found and "cpu" in found
+
+
+def test_the_paper_config_holds_nothing_of_the_demo():
+    config = validate_config(paper(), SCHEMA)  # on its own: nothing merged from config/config.yaml
+    specs = _all_specs(config)
+    assert len(specs) == 1 + 2 + 8 + 3 + 1  # prepare, 2 prepared keys, 8 RL runs, 3 fine-tuning seeds, eval
+    assert _demo_values(specs) == []
+    trained = [s for s in specs if "rl" in s or "train" in s]
+    assert len(trained) == 11 and all(s["device"] == "cuda" for s in trained)
+    assert eval_spec(view(config, "math"), None)["device"] == "cuda"
