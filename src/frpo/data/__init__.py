@@ -34,6 +34,8 @@ BUILTIN_NAMES: tuple[str, ...] = (
     "judge_labelled",
     "alpaca_like",
     "arithmetic",
+    "math_problems",
+    "code_instruct",
 )
 
 #: Prefix that makes :func:`resolve` look a name up among the built-in files.
