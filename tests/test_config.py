@@ -279,9 +279,6 @@ def test_frpo_needs_a_lambda():
         validate_config(config, SCHEMA)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py:43 injects the λ pattern as f'^{LAMBDA_RE}$', and '$' also "
-                                       "matches before a final newline: rl.lambdas ['0.2\\n'] validates, then "
-                                       "rl_runs raises a ValueError that names no key")
 def test_a_lambda_with_a_trailing_newline_is_refused_naming_the_key():
     config = safety()
     config["tracks"]["safety"]["rl"]["lambdas"] = ["0.2\n"]
@@ -289,9 +286,6 @@ def test_a_lambda_with_a_trailing_newline_is_refused_naming_the_key():
         validate_config(config, SCHEMA)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py (_check_track) does not check finetune.track.n_prompts against "
-                                       "the track's probes: {safety: 4} on the math track validates, and fails "
-                                       "only in tracks/math.py probes() when the fine-tuning job starts, after RL")
 def test_a_tracker_probe_the_track_does_not_have_is_refused_at_start():
     config = load("smoke.yaml")
     config["tracks"]["math"]["finetune"]["track"]["n_prompts"] = {"safety": 4}

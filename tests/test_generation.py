@@ -204,13 +204,12 @@ class _ConstantJudge:
 
 
 def test_the_tracker_records_the_configs_it_sampled_and_decoded_with(clean_and_shipped, tmp_path):
-    from frpo.track import ForgettingTracker
+    from frpo.track import ForgettingTracker, Probe
 
     model, tokenizer = load_causal_lm(clean_and_shipped[1])
-    tracker = ForgettingTracker(ref_model=model, tokenizer=tokenizer, safety_prompts=PROMPTS[:1],
-                                normal_prompts=PROMPTS[1:], safety_judge=_ConstantJudge(),
-                                helpfulness_judge=_ConstantJudge(), csv_path=tmp_path / "t.csv", every_steps=1,
-                                max_new_tokens=4, temperature=0.8)
+    probes = [Probe("safety", PROMPTS[:1], _ConstantJudge()), Probe("helpfulness", PROMPTS[1:], _ConstantJudge())]
+    tracker = ForgettingTracker(ref_model=model, tokenizer=tokenizer, probes=probes, csv_path=tmp_path / "t.csv",
+                                every_steps=1, max_new_tokens=4, temperature=0.8)
     tracker.measure(model, 0)
     sampled, greedy = tracker.generation["kl_sampled"], tracker.generation["rewards_greedy"]
     assert sampled["do_sample"] is True and sampled["temperature"] == 0.8 and greedy["do_sample"] is False

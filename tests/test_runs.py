@@ -69,7 +69,7 @@ def test_target_constructors_build_the_paths_the_parser_reads():
     ("name", "message"),
     [
         # names hold plain decimals
-        ("frpo_lam2e-1", r"'frpo_lam2e-1' is not an RL run name \(grpo or frpo_lam<λ>\)"),
+        ("frpo_lam2e-1", r"'frpo_lam2e-1' is not an RL run name \(grpo or frpo_lam<λ> with λ > 0\)"),
         ("frpo_lam-1", r"'frpo_lam-1' is not an RL run name"),
         ("grpo_lam1", r"'grpo_lam1' is not an RL run name"),
         ("frpo", r"'frpo' is not an RL run name"),
@@ -145,9 +145,6 @@ def test_canonical_lambda_refuses_what_is_not_a_lambda(value):
         canonical_lambda(value)
 
 
-@pytest.mark.xfail(strict=True, reason="runs.py:46 formats with '%f' (6 decimals): λ below 1e-6 loses its "
-                                       "significant digits, and below 5e-7 becomes '0' (a run name that parse_run "
-                                       "accepts as λ=0 and run_name refuses)")
 def test_canonical_lambda_keeps_two_significant_digits_of_a_small_lambda():
     assert canonical_lambda(1.6e-6) == "0.0000016"
     assert canonical_lambda(1e-7) == "0.0000001"
@@ -190,9 +187,6 @@ def test_the_patterns_accept_exactly_what_the_parsers_accept(pattern, parse, goo
     assert not disagree
 
 
-@pytest.mark.xfail(strict=True, reason="runs.py:36-39 anchor the parsers' patterns with '$', which also matches "
-                                       "before a final newline: parse_run('grpo\\n') returns Run(name='grpo\\n'), "
-                                       "while RUN_RE (fullmatch) refuses it; likewise parse_setting, parse_target")
 @pytest.mark.parametrize(("pattern", "parse", "name"),
                          [(RUN_RE, parse_run, "grpo\n"), (SETTING_RE, parse_setting, "code-lora-lr5e-5-ep1\n"),
                           (TARGET_RE, parse_target, "ref\n")], ids=["run", "setting", "target"])

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from configs import load_config, write_config
 
 from frpo.models import merge_mem_mb
 
@@ -137,15 +138,17 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
     profile = local_profile(tmp_path / "profile")
     log = tmp_path / "sbatch_calls.jsonl"
     start = time.time()
+    # the safety track of the smoke config (the math track's rules are the same rules; CI runs it locally)
+    configfile = write_config(tmp_path / "smoke.yaml", load_config("smoke.yaml", tracks=["safety"]))
     result = subprocess.run([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(work), "--profile",
                              str(tmp_path / "profile"), "--jobs", "2", *CLUSTER_FLAGS,
-                             "--configfile", str(ROOT / "config" / "smoke.yaml")],
+                             "--configfile", str(configfile)],
                             cwd=work, env=_env(cluster, log), capture_output=True, text=True, timeout=1200)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
     print(f"smoke workflow on SLURM: {time.time() - start:.0f} s")
-    for f in ("figures/fig_lambda_landscape.png", "figures/table_final.csv", "tracking.csv"):
-        assert (work / "results" / "smoke" / f).is_file(), f
+    for f in ("figures/fig_lambda_landscape.png", "figures/table_final.csv", "tables/tracking.csv"):
+        assert (work / "results" / "smoke" / "safety" / f).is_file(), f
 
     calls = sbatch_calls(log)
     done = re.findall(r"(\d+) of (\d+) steps \(100%\) done", out)
@@ -155,7 +158,7 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
     assert len({c["comment"] for c in calls}) == len(calls), "each job submitted once"
     rules = {c["rule"] for c in calls}
     assert {"prepare_base_model", "warmup_sft", "rl_train", "merge_lora", "finetune", "eval_refusal",
-            "eval_arithmetic", "lambda_select", "collect_tracking", "table_final", "figure_lambda_landscape"} <= rules
+            "eval_arithmetic", "lambda_select", "collect_tracking", "collect_evals", "table", "figure"} <= rules
 
     for c in calls:
         argv, declared = c["argv"], profile["set-resources"].get(c["rule"], {})
@@ -169,7 +172,7 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
             assert flag(argv, "-t", "--time") == str(declared["runtime"]), c
         if c["rule"] == "merge_lora":  # sized by the rule from its base model, not by the profile
             assert "mem_mb" not in declared
-            assert flag(argv, "--mem") == str(merge_mem_mb(work / "results" / "smoke" / "warmup" / "model")), c
+            assert flag(argv, "--mem") == str(merge_mem_mb(work / "results" / "smoke" / "safety" / "warmup" / "model")), c
         if c["rule"] in GPU_RULES:
             assert flag(argv, "--gpus") == "1", c
             assert flag(argv, "--cpus-per-gpu") == str(declared["cpus_per_gpu"]), c
@@ -180,21 +183,19 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
 
 
 def _config(tmp_path: Path) -> Path:
-    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    config["name"] = "slurm_resume"
-    config["rl"].update(steps=16, save_steps=2)
-    path = tmp_path / "slurm_resume.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    config = load_config("smoke.yaml", tracks=["safety"], name="slurm_resume")
+    config["tracks"]["safety"]["rl"].update(steps=16, save_steps=2)
+    return write_config(tmp_path / "slurm_resume.yaml", config)
 
 
-TARGET = "results/slurm_resume/rl/grpo/metrics.jsonl"
+RUN_DIR = "results/slurm_resume/safety/rl/grpo/seed0"
+TARGET = f"{RUN_DIR}/metrics.jsonl"
 
 
 def _squeue_rl_train(env) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"], env=env, capture_output=True,
                          text=True, check=True).stdout
-    return [line.split()[0] for line in out.splitlines() if "rule_rl_train_wildcards_grpo" in line]
+    return [line.split()[0] for line in out.splitlines() if "rule_rl_train_wildcards_" in line and "grpo" in line]
 
 
 def test_rl_job_cancelled_with_scancel_resumes_from_its_checkpoint(cluster, tmp_path):
@@ -204,7 +205,7 @@ def test_rl_job_cancelled_with_scancel_resumes_from_its_checkpoint(cluster, tmp_
     local_profile(tmp_path / "profile")
     log = tmp_path / "sbatch_calls.jsonl"
     env = _env(cluster, log)
-    ckpt = work / "results" / "slurm_resume" / ".ckpt" / "rl" / "grpo"
+    ckpt = work / "results" / "slurm_resume" / ".ckpt" / "safety" / "rl" / "grpo" / "seed0"
     out_file = tmp_path / "snakemake.out"
     start = time.time()
     with out_file.open("w") as out:
@@ -234,8 +235,8 @@ def test_rl_job_cancelled_with_scancel_resumes_from_its_checkpoint(cluster, tmp_
     assert "CANCELLED" in text, "snakemake saw the job cancelled"
     rl_calls = [c for c in sbatch_calls(log) if c["rule"] == "rl_train"]
     assert len(rl_calls) == 2, "rl_train submitted again after the scancel (profile: retries: 1)"
-    train_log = (work / "logs" / "slurm_resume" / "rl_train" / "grpo.log").read_text()
-    assert "resuming grpo from results/slurm_resume/.ckpt/rl/grpo/checkpoint-" in train_log
+    train_log = (work / "logs" / "slurm_resume" / "safety" / "rl_train" / "grpo" / "seed0.log").read_text()
+    assert "resuming grpo from results/slurm_resume/.ckpt/safety/rl/grpo/seed0/checkpoint-" in train_log
     resumed = _rows(work / TARGET)
     assert [r["step"] for r in resumed] == list(range(1, 17)), "every step logged once, before and after"
 
@@ -247,8 +248,7 @@ def test_rl_job_cancelled_with_scancel_resumes_from_its_checkpoint(cluster, tmp_
     assert local.returncode == 0, local.stderr[-4000:]
     straight = _rows(plain / TARGET)
     assert [r["step"] for r in straight] == list(range(1, 17))
-    report = compare(resumed, straight, work / "results/slurm_resume/rl/grpo/adapter",
-                     plain / "results/slurm_resume/rl/grpo/adapter")
+    report = compare(resumed, straight, work / RUN_DIR / "adapter", plain / RUN_DIR / "adapter")
     print("resumed vs uninterrupted:", json.dumps(report, indent=1))
     (tmp_path / "comparison.json").write_text(json.dumps(report, indent=1))
     resumed_from = int(re.search(r"checkpoint-(\d+)", train_log.split("resuming grpo from", 1)[1]).group(1))

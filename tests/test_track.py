@@ -270,7 +270,8 @@ def test_train_loss_at_step_s_is_the_loss_of_step_s(tiny, tmp_path):
             "dataset": {"path": "builtin:arithmetic", "format": "gsm8k", "split": "train", "max_examples": 16},
             "train": {"method": "full", "learning_rate": 1e-2, "epochs": 1, "max_steps": 4, "batch_size": 4,
                       "max_length": 64, "save_steps": 2},
-            "track": {"every_steps": 1, "n_safety": 2, "n_normal": 2, "max_new_tokens": 4},
+            "track": "safety",
+            "track_forgetting": {"every_steps": 1, "n_prompts": {"safety": 2, "helpfulness": 2}, "max_new_tokens": 4},
             "judges": {"safety": judge, "helpfulness": judge}, "data": {"safety_prompts": "builtin:safety_prompts"}}
     run_sft(spec, tiny, tmp_path / "out", tmp_path / "ckpt")
     logged = {h["step"]: h["loss"] for h in map(json.loads, open(tmp_path / "out" / "train_log.jsonl"))

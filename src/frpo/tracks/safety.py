@@ -25,6 +25,8 @@ RL_DATA = "safety_prompts"
 #: the warm-up SFT's data key and row format (the demo's π_ref)
 WARMUP_DATA = ("refusal_demos", "chat")
 #: downstream fine-tuning sets: data key -> SFT row format (frpo.sft.sft_rows)
+#: what the forgetting tracker measures (frpo.track.Probe names; finetune.track.n_prompts keys)
+PROBES = ("safety", "helpfulness")
 FINETUNE = {"arithmetic": "gsm8k", "alpaca": "alpaca"}
 #: the judges a config block of this track must name (judges.<key>)
 JUDGES = ("safety", "helpfulness")
