@@ -202,11 +202,13 @@ def test_the_merge_rule_asks_for_the_memory_its_base_model_needs(tmp_path):
 
     import yaml
 
+    from configs import load_config
+
     root = Path(__file__).resolve().parents[1]
-    config = yaml.safe_load((root / "config" / "smoke.yaml").read_text())
-    config["rl"]["lambda_star"]["enabled"] = False  # a checkpoint would defer the merge jobs
+    config = load_config("smoke.yaml", tracks=["safety"])
+    config["tracks"]["safety"]["rl"]["lambda_star"]["enabled"] = False  # a checkpoint would defer the merge jobs
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    base = tmp_path / "results" / config["name"] / "warmup" / "model"
+    base = tmp_path / "results" / config["name"] / "safety" / "warmup" / "model"
     base.mkdir(parents=True)
     with open(base / "model.safetensors", "wb") as f:
         f.truncate(2**30)
