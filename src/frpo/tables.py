@@ -72,7 +72,8 @@ def evals_table(track: str, inputs: list[tuple[str, Path]]) -> pd.DataFrame:
         for metric, value in (result.get("metrics") or {}).items():
             if metric != result.get("metric") and isinstance(value, (int, float)):
                 lo, hi = _ci(result, metric)
-                rows.append({**base, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi})
+                same_items = {k: details[k] for k in ("n", "limit", "subset", "n_scored")}  # scored on the same items
+                rows.append({**base, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi, **same_items})
     table = pd.DataFrame(rows)
     return _ordered(table, IDENTITY + ["benchmark", "metric", "value", "ci_low", "ci_high", *EVAL_DETAILS])
 
