@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..io import atomic_file, atomic_write_text
+from ..tables import EVAL_DETAILS  # what an evaluation result may say about how its value was obtained
 from .common import aggregate_seeds, cell, mean_std_cell, plot_seed_curves, read_table, run_label, runs_in, \
     save_figure
 
@@ -107,8 +108,6 @@ def rl_curves(rl_metrics_csv: str | Path, out: str | Path, track: str | None = "
     return pd.concat(drawn, ignore_index=True)
 
 
-#: what an evaluation result may say about how its value was obtained; each becomes a column next to the value
-EVAL_DETAILS = ("n", "limit", "subset", "n_scored", "n_malformed", "n_excluded")
 #: tracked columns of the final table: name -> (tracking.csv column, first or last tracked step)
 _TRACKED = {
     "safety_before_ft": ("safety_reward_greedy", "first"),
