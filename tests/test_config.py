@@ -377,7 +377,7 @@ def test_data_path_of_a_prepared_and_a_plain_key():
     demo = view(safety(), "safety")
     assert prepared_data(demo) == []
     assert data_path(demo, "arithmetic") == "builtin:arithmetic"
-    assert data_spec(math, "code") == {"track": "math", "key": "code", "data": math["data"], "seed": 0}
+    assert data_spec(math, "code") == {"track": "math", "key": "code", "data": {"code": "hub:opencodeinstruct"}}
 
 
 def test_beta_per_run_reaches_each_run_spec_and_only_that_one():

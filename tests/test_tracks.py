@@ -130,3 +130,35 @@ def test_code_rows_become_an_empty_system_turn_a_user_turn_and_the_solution():
     first = read_jsonl(builtin("code_instruct"))[0]
     assert rows[0]["prompt"] == [{"role": "system", "content": ""}, {"role": "user", "content": first["input"]}]
     assert rows[0]["completion"] == [{"role": "assistant", "content": first["output"]}]
+
+
+def test_an_unknown_hub_source_fails_at_dag_start_naming_the_key():
+    from frpo.config import ConfigError, validate_config
+    from configs import ROOT, load_config
+
+    config = load_config("paper.yaml")
+    config["tracks"]["math"]["data"]["math_problems"] = "hub:competition_math"
+    with pytest.raises(ConfigError, match=r"tracks\.math\.data\.math_problems: unknown hub source "
+                                          r"'hub:competition_math' \(known: hub:math_train"):
+        validate_config(config, ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def test_preparing_a_key_reads_only_its_own_sources():
+    """Editing data.code must not re-prepare math_problems (and so retrain every math RL run)."""
+    from frpo.config import data_spec, view
+    from configs import load_config
+
+    v = view(load_config("paper.yaml"), "math")
+    assert data_spec(v, "math_problems")["data"] == {"math_problems": "hub:math_train", "math500": "hub:math500"}
+    assert data_spec(v, "code")["data"] == {"code": "hub:opencodeinstruct"}
+
+
+def test_fitting_the_demo_classifier_needs_labelled_data_in_the_track():
+    from frpo.config import ConfigError, validate_config
+    from configs import ROOT, load_config
+
+    config = load_config("smoke.yaml")
+    config["tracks"]["math"]["judges"] = {"fit_refusal_judge": True}
+    with pytest.raises(ConfigError, match=r"tracks\.math\.judges\.fit_refusal_judge: track 'math' has no "
+                                          "judge_labelled data"):
+        validate_config(config, ROOT / "workflow" / "schemas" / "config.schema.yaml")

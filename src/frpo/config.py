@@ -104,6 +104,9 @@ def _check_data(view: dict, where: str, source: str) -> None:
         if src.startswith("hub:"):
             if not spec.get("hub"):
                 raise ConfigError(f"{source}: {where}.data.{key}: a hub source is not supported for this key")
+            if src[len("hub:"):] not in track.HUB_SOURCES:
+                raise ConfigError(f"{source}: {where}.data.{key}: unknown hub source {src!r} (known: "
+                                  f"{', '.join('hub:' + h for h in track.HUB_SOURCES)})")
             continue
         try:
             read_jsonl(resolve(src), required=spec["fields"])
@@ -166,6 +169,9 @@ def _check_track(config: dict, name: str, source: str) -> None:
         raise ConfigError(f"{source}: {where}.model.{source_kind}: missing (model.source is {source_kind!r})")
     if source_kind == "local" and not Path(model["local"]["path"]).is_dir():
         raise ConfigError(f"{source}: {where}.model.local.path: {model['local']['path']!r} is not a directory")
+    if v["judges"].get("fit_refusal_judge") and "judge_labelled" not in track.DATA:
+        raise ConfigError(f"{source}: {where}.judges.fit_refusal_judge: track {name!r} has no judge_labelled data "
+                          "to fit the demo's refusal classifier on")
     track.check(v, source)
     from .judges import missing_env
 
@@ -326,7 +332,9 @@ def prepare_spec(view: dict) -> dict:
 
 
 def data_spec(view: dict, key: str) -> dict:
-    return {"track": view["track"], "key": key, "data": view["data"], "seed": view["seed"]}
+    """What preparing data key ``key`` reads: its source and the sources its preparation also reads."""
+    reads = [key, *get_track(view["track"]).DATA[key].get("reads", [])]
+    return {"track": view["track"], "key": key, "data": {k: view["data"][k] for k in reads}}
 
 
 def _training(view: dict, seed: int | None = None) -> dict:

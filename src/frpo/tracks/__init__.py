@@ -5,8 +5,9 @@ pipeline knows it by name:
 
 * ``DATA``: its data keys, each with the fields every row must have (checked at DAG start) and whether the key
   is *prepared* (materialised by the ``prepare_data`` rule: hub downloads, filters) or read as configured;
-* ``prepare(key, spec) -> list[dict]``: the rows of a prepared key (the only code of a track that may reach the
-  network; ``spec["data"][key]`` is ``hub:<name>`` or a local file);
+* ``HUB_SOURCES``: the ``hub:<name>`` sources its data keys accept (checked at DAG start);
+* ``prepare(key, spec) -> (rows, info)``: the rows of a prepared key and what preparing did (the only code of a
+  track that may reach the network; ``spec["data"]`` holds the key's source and those it ``reads``);
 * ``RL_DATA``: the data key of its RL prompts; ``rl_dataset(spec, split)``: those prompts as a TRL dataset;
 * ``reward_funcs(spec) -> (functions, weights)``: its RL reward functions (TRL's ``reward_funcs`` and
   ``reward_weights``; weights None for an unweighted sum);

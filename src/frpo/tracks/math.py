@@ -20,12 +20,16 @@ __all__ = ["DATA", "FIGURES", "FINETUNE", "RL_DATA", "check", "prepare", "prepar
            "rl_dataset"]
 
 HUB_PREFIX = "hub:"
-#: data key -> fields every row must have; ``prepared`` keys are materialised by the prepare_data rule
+#: data key -> fields every row must have; ``prepared`` keys are materialised by the prepare_data rule, which
+#: also ``reads`` the keys listed (and nothing else, so editing another key does not re-prepare this one)
 DATA = {
-    "math_problems": {"fields": {"problem": str, "solution": str}, "prepared": True, "hub": True},
+    "math_problems": {"fields": {"problem": str, "solution": str}, "prepared": True, "hub": True,
+                      "reads": ["math500"]},
     "math500": {"fields": {"problem": str}, "prepared": False, "hub": True},  # read only to filter math_problems
     "code": {"fields": {"input": str, "output": str}, "prepared": True, "hub": True},
 }
+#: ``hub:<name>`` sources -> their loader in frpo.data.sources (the only code of this track that downloads)
+HUB_SOURCES = {"math_train": "math_train_rows", "math500": "math500_rows", "opencodeinstruct": "code_instruct_rows"}
 RL_DATA = "math_problems"
 WARMUP_DATA = None
 #: what the forgetting tracker measures (frpo.track.Probe names; finetune.track.n_prompts keys)
@@ -73,14 +77,14 @@ def prepare(key: str, spec: dict) -> tuple[list[dict], dict]:
     from ..math_grading import gold_answer
 
     data = spec["data"]
-    hub = {"math_train": sources.math_train_rows, "math500": sources.math500_rows,
-           "opencodeinstruct": sources.code_instruct_rows}
 
     def load(k):
         src = str(data[k])
-        if src.startswith(HUB_PREFIX) and src[len(HUB_PREFIX):] not in hub:
-            raise ValueError(f"data.{k}: unknown hub source {src!r} (known: {', '.join(HUB_PREFIX + h for h in hub)})")
-        return _rows(src, lambda: hub[src[len(HUB_PREFIX):]](), DATA[k]["fields"])
+        name = src[len(HUB_PREFIX):]
+        if src.startswith(HUB_PREFIX) and name not in HUB_SOURCES:
+            raise ValueError(f"data.{k}: unknown hub source {src!r} "
+                             f"(known: {', '.join(HUB_PREFIX + h for h in HUB_SOURCES)})")
+        return _rows(src, lambda: getattr(sources, HUB_SOURCES[name])(), DATA[k]["fields"])
 
     if key == "math_problems":
         rows = load("math_problems")

@@ -21,6 +21,8 @@ DATA = {
     "arithmetic": {"fields": {"question": str, "answer": str, "final": float, "split": str}},
     "alpaca": {"fields": {"instruction": str, "input": str, "output": str}},
 }
+#: none of this track's data comes from a hub
+HUB_SOURCES: dict[str, str] = {}
 RL_DATA = "safety_prompts"
 #: the warm-up SFT's data key and row format (the demo's π_ref)
 WARMUP_DATA = ("refusal_demos", "chat")
