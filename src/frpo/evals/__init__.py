@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..io import atomic_write_text, update_hash
+from ..io import atomic_write_text
+from ..judges.local import model_fingerprint
 
 __all__ = ["BENCHMARKS", "DEFAULT_JUDGES", "eval_judge", "generations_path", "model_fingerprint", "run_eval",
            "saved_generations", "strongreject_dataset"]
@@ -61,16 +62,6 @@ def strongreject_dataset(section: dict) -> tuple[str, str | None, str]:
     if which in ("small", "full"):
         return which, None, f"eval.strongreject.datasets.{which}"
     return Path(which).stem, which, "eval.strongreject.dataset"
-
-
-def model_fingerprint(model_path: str | Path) -> str:
-    """SHA-256 over the model directory's weight and config files (names and bytes), first 16 hex digits."""
-    digest = hashlib.sha256()
-    for f in sorted(Path(model_path).rglob("*")):
-        if f.is_file() and f.suffix in {".safetensors", ".json", ".bin", ".model", ".txt"}:
-            digest.update(f.name.encode())
-            update_hash(digest, f)
-    return digest.hexdigest()[:16]
 
 
 def generations_path(out_path: str | Path) -> Path:

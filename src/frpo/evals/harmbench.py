@@ -11,8 +11,8 @@ changes between calls or training steps.
 
 Classifier backends (``cfg["harmbench"]["judge"]["name"]``):
 
-* ``gpt4o_harmbench`` — the paper's GPT-4o labelling (:mod:`frpo.judges.api`); needs ``OPENAI_API_KEY``;
-* ``harmbench_cls`` — the official ``cais/HarmBench-Llama-2-13b-cls`` (:mod:`frpo.judges.harmbench_cls`); GPU;
+* ``gpt4o_harmbench`` — the paper's GPT-4o labelling (:mod:`frpo.judges.harmbench`); needs ``OPENAI_API_KEY``;
+* ``harmbench_cls`` — the official ``cais/HarmBench-Llama-2-13b-cls`` (:mod:`frpo.judges.harmbench`); GPU;
 * ``minilm_refusal`` — the demo's CPU judge; a completion is a refusal when ``P(refusal) > 0.5``.
 
 The completions are saved before judging (:func:`frpo.evals.saved_generations`), so a judge failure loses none

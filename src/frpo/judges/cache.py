@@ -16,6 +16,9 @@ each line is ``<16 hex digits of the SHA-256 of the JSON> <JSON>``, so a line to
 line still being written) fails its checksum and is ignored. When two jobs judged the same pair, the earliest
 answer wins (then the smaller shard name), so every reader sees the same answer.
 
+This is the one judge cache: the evaluations open it with :func:`open_judge_cache`, and a judge that caches by
+itself (OpenAI moderation: ``cache_dir=``) uses the same class.
+
 >>> cache = JudgeCache("results/judge_cache")                         # doctest: +SKIP
 >>> answers = cached_score(judge, prompts, responses, cache)          # doctest: +SKIP
 >>> [a["score"] for a in answers]                                     # doctest: +SKIP
@@ -34,11 +37,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import check_pairs
+from .base import check_pairs, judge_answers
 
-__all__ = ["JudgeCache", "cache_key", "cached_score", "judge_answers"]
+__all__ = ["CACHE_DIR_ENV", "DEFAULT_CACHE_DIR", "JudgeCache", "cache_key", "cached_score", "open_judge_cache"]
 
 SHARD_GLOB = "shard-*.jsonl"
+#: where the evaluations' judge cache lives when nothing names a directory
+DEFAULT_CACHE_DIR = "~/.cache/frpo/judges"
+#: the environment variable that names the judge cache directory (after the config's own keys)
+CACHE_DIR_ENV = "FRPO_JUDGE_CACHE_DIR"
 _CHECK_LEN = 16
 
 
@@ -188,20 +195,12 @@ class JudgeCache:
         self.close()
 
 
-def judge_answers(judge: Any, prompts: list[str], responses: list[str]) -> list[dict]:
-    """Ask ``judge`` (no cache). Judges with an ``answers()`` method (the labelling / rubric judges) return their
-    full answer records; any other registry judge gives ``{"score": s}`` from ``score()``, plus ``harm`` for
-    harm-type judges (``harm()`` is then the one call made, ``score = 1 - harm``)."""
-    if callable(getattr(judge, "answers", None)):
-        out = list(judge.answers(prompts, responses))
-    elif callable(getattr(judge, "harm", None)):
-        out = [{"harm": float(h), "score": 1.0 - float(h), "malformed": False}
-               for h in judge.harm(prompts, responses)]
-    else:
-        out = [{"score": float(s), "malformed": False} for s in judge.score(prompts, responses)]
-    if len(out) != len(prompts):
-        raise RuntimeError(f"judge {judge.name!r} returned {len(out)} answers for {len(prompts)} pairs")
-    return out
+def open_judge_cache(*directories: str | os.PathLike | None) -> JudgeCache:
+    """The on-disk judge cache in the first of ``directories`` that is set (e.g. a benchmark section's
+    ``cache_dir``, then the eval config's ``judge_cache_dir``), else ``$FRPO_JUDGE_CACHE_DIR``, else
+    :data:`DEFAULT_CACHE_DIR`."""
+    chosen = next((d for d in directories if d), None) or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
+    return JudgeCache(chosen)
 
 
 def cached_score(

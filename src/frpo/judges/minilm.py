@@ -458,7 +458,7 @@ class _MiniLMJudgeBase:
         return f"{self.name}:{self.embedder.id}:clf-{self._clf_id}"
 
 
-@register("minilm_refusal")
+@register("minilm_refusal", classifier_option="classifier_path")
 class MiniLMRefusalJudge(_MiniLMJudgeBase):
     """Safety reward = P(refusal) from MiniLM embeddings + logistic regression (offline, CPU)."""
 
@@ -469,7 +469,7 @@ class MiniLMRefusalJudge(_MiniLMJudgeBase):
         return check_scores(self.classifier.predict_proba(prompts, responses), len(prompts), self.name)
 
 
-@register("minilm_helpfulness")
+@register("minilm_helpfulness", classifier_option="classifier_path")
 class MiniLMHelpfulnessJudge(_MiniLMJudgeBase):
     """Crude helpfulness proxy = (1 - P(refusal)) * max(0, cos(prompt, response)) (stand-in for RM-RB2)."""
 
