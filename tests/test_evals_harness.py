@@ -58,6 +58,166 @@ def test_mean_result_records_n_limit_ci_and_keeps_nan():
         mean_result("acc,none", [1, 0], limit=None, value=0.9)  # a library value that the items do not give
 
 
+# ---------------------------------------------------------------- the evaluation registry
+
+HB_CSV = FIXTURES / "harmbench_behaviors_tiny.csv"
+SR_CSV = FIXTURES / "strongreject_tiny.csv"
+
+
+def test_every_benchmark_has_a_module_sections_and_slurm_resources():
+    import importlib
+
+    import yaml
+
+    from frpo.evals import BENCHMARKS, REGISTRY, eval_sections, resources
+
+    assert list(BENCHMARKS) == list(REGISTRY) and len(REGISTRY) == 11
+    for name, bench in REGISTRY.items():
+        assert callable(importlib.import_module(f"frpo.evals.{bench.module}").evaluate)
+        res = resources(name)
+        assert {"gpu", "cpus_per_gpu", "mem_mb", "runtime"} <= set(res)
+        assert all(isinstance(res[k], int) and res[k] > 0 for k in ("gpu", "mem_mb", "runtime")), name
+        res["mem_mb"] = 1  # a copy: the registry's record does not change
+        assert resources(name)["mem_mb"] > 1
+    assert eval_sections() == ("harmbench", "strongreject", "lm_eval", "math500", "gsm8k_maj8", "mmlu", "ifeval",
+                               "evalplus", "mbpp_plus", "humaneval_plus")
+    profile = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles/slurm/profile.yaml").read_text())
+    for rule, entry in profile["set-resources"].items():  # where the profile still sizes an eval, it agrees
+        if rule.startswith("eval_"):
+            assert resources(rule[len("eval_"):]) == entry, rule
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'"):
+        resources("nope")
+
+
+def test_benchmark_options_are_defaults_then_shared_then_own_section():
+    from frpo.evals import options
+
+    cfg = {"lm_eval": {"batch_size": 2, "max_gen_toks": 100}, "math500": {"max_gen_toks": 7}, "mmlu": {"limit": 3}}
+    math = options("math500", cfg)
+    assert (math["batch_size"], math["max_gen_toks"], math["num_fewshot"], math["limit"]) == (2, 7, 0, None)
+    assert math["system_instruction"].endswith("\\boxed{}.")
+    assert options("mmlu", cfg)["max_gen_toks"] == 100 and options("mmlu", cfg)["limit"] == 3
+    assert options("harmbench", {})["on_malformed"] == "count_as_refusal"
+    assert options("strongreject", {"strongreject": {"on_malformed": "raise"}})["on_malformed"] == "raise"
+    assert options("mbpp_plus", {"evalplus": {"max_new_tokens": 5}})["max_new_tokens"] == 5
+    options("math500", cfg)["vllm"]["x"] = 1  # nested defaults are copies
+    assert options("math500", cfg)["vllm"] == {}
+
+
+def _eval_block(**sections):
+    return {"benchmarks": ["refusal", "harmbench", "strongreject"],
+            "harmbench": {"behaviors": str(HB_CSV)}, "strongreject": {"datasets": {"small": str(SR_CSV)}}, **sections}
+
+
+def _config_error(ev):
+    from frpo.config import ConfigError
+    from frpo.evals import check_eval_config
+
+    with pytest.raises(ConfigError) as err:
+        check_eval_config(ev, "tracks.safety", "cfg.yaml")
+    return str(err.value)
+
+
+def test_check_eval_config_passes_a_complete_block_and_names_each_problems_key(monkeypatch):
+    from frpo.evals import check_eval_config
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    check_eval_config(_eval_block(), "tracks.safety", "cfg.yaml")
+    check_eval_config({"benchmarks": ["mmlu", "refusal"]}, "tracks.safety", "cfg.yaml")
+
+    assert _config_error({**_eval_block(), "benchmarks": ["refusal", "halmbench"]}).startswith(
+        "cfg.yaml: tracks.safety.eval.benchmarks.1: 'halmbench' is not a benchmark (known: refusal,")
+    assert _config_error(_eval_block(harmbench={})) == ("cfg.yaml: tracks.safety.eval.harmbench.behaviors: missing "
+                                                        "(the path of a local CSV; see config/README.md)")
+    assert _config_error(_eval_block(harmbench={"behaviors": "/no/such.csv"})) == (
+        "cfg.yaml: tracks.safety.eval.harmbench.behaviors: '/no/such.csv' is not a file")
+    assert _config_error(_eval_block(strongreject={"dataset": "full", "datasets": {"small": str(SR_CSV)}})).startswith(
+        "cfg.yaml: tracks.safety.eval.strongreject.datasets.full: missing")
+    assert _config_error(_eval_block(strongreject={"dataset": "/no/sr.csv"})).startswith(
+        "cfg.yaml: tracks.safety.eval.strongreject.dataset: '/no/sr.csv' is not a file")
+    assert _config_error(_eval_block(harmbench={"behaviors": str(HB_CSV), "judge": "rm_rb2"})).startswith(
+        "cfg.yaml: tracks.safety.eval.harmbench.judge: judge 'rm_rb2' is not a judge of harmbench")
+    assert _config_error(_eval_block(harmbench={"behaviors": str(HB_CSV), "judge": {"name": "nojudge"}})).startswith(
+        "cfg.yaml: tracks.safety.eval.harmbench.judge: unknown judge 'nojudge'")
+    assert _config_error(_eval_block(harmbench={"behaviors": str(HB_CSV), "on_malformed": "ignore"})).startswith(
+        "cfg.yaml: tracks.safety.eval.harmbench.on_malformed: 'ignore' is not one of count_as_refusal, exclude")
+    assert _config_error({"benchmarks": ["math500"], "lm_eval": {"backend": "sglang"}}).startswith(
+        "cfg.yaml: tracks.safety.eval.lm_eval.backend: 'sglang' is not one of")
+
+
+def test_check_eval_config_names_a_judges_missing_api_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert _config_error(_eval_block()) == (  # the default judges are the API ones: harmbench's first
+        "cfg.yaml: tracks.safety.eval.harmbench.judge: judge 'gpt4o_harmbench' needs the environment variable(s) "
+        "OPENAI_API_KEY, which are not set")
+    local = {"behaviors": str(HB_CSV), "judge": "harmbench_cls"}
+    assert "tracks.safety.eval.strongreject.judge: judge 'strongreject_rubric' needs" in _config_error(
+        _eval_block(harmbench=local))
+    sr = {"datasets": {"small": str(SR_CSV)}, "judge": {"name": "strongreject_rubric",
+                                                        "options": {"api_key_env": "MY_JUDGE_KEY"}}}
+    assert "MY_JUDGE_KEY" in _config_error(_eval_block(harmbench=local, strongreject=sr))
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-mine")
+    from frpo.evals import check_eval_config, eval_judges
+
+    check_eval_config(_eval_block(harmbench=local, strongreject=sr), "tracks.safety", "cfg.yaml")
+    assert eval_judges(_eval_block(harmbench=local, strongreject=sr)) == {
+        "eval.harmbench.judge": {"name": "harmbench_cls"}, "eval.strongreject.judge": sr["judge"]}
+
+
+def test_the_demo_classifier_helpers_know_which_judges_read_a_fitted_classifier():
+    from frpo.judges import known_judges, uses_fitted_classifier, with_fitted_classifier
+
+    assert {j for j in known_judges() if uses_fitted_classifier(j)} == {"minilm_refusal", "minilm_helpfulness"}
+    assert not uses_fitted_classifier({"name": "not_a_judge"})
+    spec = {"name": "minilm_helpfulness", "options": {"embedder": None}}
+    assert with_fitted_classifier(spec, Path("/r/clf.json")) == {
+        "name": "minilm_helpfulness", "options": {"embedder": None, "classifier_path": "/r/clf.json"}}
+    assert spec == {"name": "minilm_helpfulness", "options": {"embedder": None}}  # the input is not changed
+    assert with_fitted_classifier("minilm_refusal", "c.json") == {"name": "minilm_refusal",
+                                                                 "options": {"classifier_path": "c.json"}}
+    assert with_fitted_classifier("rm_rb2", "c.json") == {"name": "rm_rb2"}
+    other = {"name": "gpt4o_harmbench", "options": {"max_tokens": 5}}
+    assert with_fitted_classifier(other, "c.json") == other
+
+
+def test_registry_and_judges_import_light_and_without_a_cycle():
+    import subprocess
+
+    code = ("import sys; import frpo.judges; assert 'frpo.evals' not in sys.modules, 'judges import evals'; "
+            "import frpo.evals; from frpo.evals import check_eval_config; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_judged_generation_goes_through_the_eval_backend(monkeypatch):
+    """The judged benchmarks and the demo's arithmetic generate through evals.backend (the one generation path),
+    greedily, one completion per prompt, and report what the backend sampled with."""
+    from frpo.evals import backend as backend_mod
+    from frpo.evals.judged import generation_settings, run_generation
+
+    seen = {}
+
+    class Double:
+        sampling = None
+
+        def generate(self, prompts, max_new_tokens, **kwargs):
+            seen.update(prompts=prompts, max_new_tokens=max_new_tokens, kwargs=kwargs)
+            self.sampling = {"sampler": {"do_sample": False}}
+            return [[f"<think>x</think> {p}!"] for p in prompts]
+
+    def get_backend(model_path, name, device=None, **kwargs):
+        seen.update(name=name, device=device, **kwargs)
+        return Double()
+
+    monkeypatch.setattr(backend_mod, "get_backend", get_backend)
+    settings = generation_settings({"generation": {"max_new_tokens": 9, "batch_size": 3}}, {"reasoning": True})
+    sampler = {}
+    texts = run_generation("m", {"device": "cpu"}, ["a", "b"], settings, sampler)
+    assert texts == ["a!", "b!"] and sampler == {"do_sample": False}
+    assert (seen["name"], seen["device"], seen["batch_size"], seen["max_new_tokens"]) == ("transformers", "cpu", 3, 9)
+    assert seen["kwargs"] == {}  # greedy: the backend's defaults (temperature 0, n 1)
+
+
 # ---------------------------------------------------------------- generation backends
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import cache_writer
 import pytest
 
-from frpo.evals import generations_path, harmbench, model_fingerprint, run_eval, strongreject
+from frpo.evals import generations_path, harmbench, judged, model_fingerprint, run_eval, strongreject
 from frpo.io import sha256_file
 from frpo.stats import bootstrap_ci
 from frpo.judges import JudgeConfigError, JudgeHTTPError, JudgeResponseError, build_judge, required_env
@@ -184,12 +184,12 @@ def test_missing_api_key_names_the_variable(monkeypatch):
 
 
 def test_fixed_subset_is_identical_across_calls():
-    a = harmbench.fixed_subset(200, 100, seed=7)
-    assert a == harmbench.fixed_subset(200, 100, seed=7) == sorted(set(a)) and len(a) == 100
-    assert harmbench.fixed_subset(200, 100, seed=8) != a
-    assert harmbench.fixed_subset(5, None, 0) == harmbench.fixed_subset(5, 10, 0) == [0, 1, 2, 3, 4]
+    a = judged.fixed_subset(200, 100, seed=7)
+    assert a == judged.fixed_subset(200, 100, seed=7) == sorted(set(a)) and len(a) == 100
+    assert judged.fixed_subset(200, 100, seed=8) != a
+    assert judged.fixed_subset(5, None, 0) == judged.fixed_subset(5, 10, 0) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError):
-        harmbench.fixed_subset(5, 0, 0)
+        judged.fixed_subset(5, 0, 0)
 
 
 def test_load_behaviors_keeps_standard_only():
@@ -377,7 +377,7 @@ def test_harmbench_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_mod
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     cfg = _cfg(tmp_path, url)
     res = harmbench.evaluate(tiny_model, cfg)
-    idx = harmbench.fixed_subset(5, 4, 3)
+    idx = judged.fixed_subset(5, 4, 3)
     ids = [harmbench.load_behaviors(HB_CSV)[i]["id"] for i in idx]
     assert [s["id"] for s in res["samples"]] == ids and res["subset_indices"] == idx and res["n"] == 4
     assert res["subset"] == 4 and res["subset_seed"] == 3
@@ -465,7 +465,7 @@ def test_strongreject_end_to_end_and_rerun_makes_no_judge_calls(fake_chat, tiny_
 def test_evaluate_fails_before_generating_without_key(tiny_model, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     called = []
-    monkeypatch.setattr(harmbench, "run_generation", lambda *a, **k: called.append(1) or [])
+    monkeypatch.setattr(judged, "run_generation", lambda *a, **k: called.append(1) or [])
     cfg = _cfg(tmp_path, "http://127.0.0.1:9/v1")
     with pytest.raises(JudgeConfigError, match="OPENAI_API_KEY"):
         harmbench.evaluate(tiny_model, cfg)
@@ -553,7 +553,7 @@ def test_judged_benchmarks_generate_512_tokens_unless_their_own_section_says(mod
         sources.append(settings.get("max_new_tokens_from"))
         raise _Stop
 
-    monkeypatch.setattr(harmbench, "run_generation", generation)
+    monkeypatch.setattr(judged, "run_generation", generation)
     cfg = _cfg(tmp_path, "http://127.0.0.1:9/v1")
     section = cfg[module.__name__.rpartition(".")[2]]
     del section["max_new_tokens"]
@@ -579,13 +579,13 @@ def test_a_judge_failure_loses_no_generations(fake_http, tiny_model, tmp_path, m
     srv, url = fake_http(reply)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     calls = []
-    real = harmbench.run_generation
+    real = judged.run_generation
 
     def counting(model_path, *args):
         calls.append(str(model_path))
         return real(model_path, *args)
 
-    monkeypatch.setattr(harmbench, "run_generation", counting)
+    monkeypatch.setattr(judged, "run_generation", counting)
     cfg = _cfg(tmp_path, url, retries=0)
     out = tmp_path / "eval" / "strongreject.json"
     with pytest.raises(JudgeHTTPError):
@@ -674,5 +674,5 @@ def test_demo_refusal_records_limit_interval_and_keeps_the_demo_length(tiny_mode
     assert res["generation"]["max_new_tokens"] == 4 and res["generation"]["max_new_tokens_from"] == "eval.generation"
     assert run_eval("refusal", tiny_model, cfg, tmp_path / "refusal.json")["generations"]["reused"] is True
     cfg["max_prompts"] = None
-    monkeypatch.setattr(harmbench, "run_generation", lambda model_path, cfg, prompts, *rest: ["x"] * len(prompts))
+    monkeypatch.setattr(judged, "run_generation", lambda model_path, cfg, prompts, *rest: ["x"] * len(prompts))
     assert run_eval("refusal", tiny_model, cfg, tmp_path / "all.json")["limit"] is None

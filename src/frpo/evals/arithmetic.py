@@ -10,7 +10,7 @@ import re
 
 from ..data import read_jsonl, resolve, spread
 from ..io import sha256_file
-from .harmbench import generation_settings, run_generation
+from .judged import generation_settings, run_generation
 from .scoring import mean_result
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -29,6 +29,7 @@ def extract_answer(text: str) -> float | None:
 
 
 def evaluate(model_path, cfg: dict) -> dict:
+    """Accuracy of the model at ``model_path`` on the held-out arithmetic problems (module docstring)."""
     path = resolve(cfg["data"]["arithmetic"])
     available = [r for r in read_jsonl(path, required={"question": str, "split": str}) if r["split"] == "eval"]
     rows = spread(available, cfg.get("max_prompts"))

@@ -111,7 +111,29 @@ def cut_at_stop(text: str, stop) -> str:
     return text[:cut]
 
 
-class TransformersBackend:
+class _Backend:
+    """What both backends do around their own generation: the complete sampling settings of the call (kept in
+    ``sampling`` for the result JSON) and the prompts as chat messages; ``_generate`` does the rest."""
+
+    name = "backend"
+    sampling: dict | None = None  # the settings of the latest generate call
+
+    def generate(self, prompts, max_new_tokens: int, temperature: float = 0.0, n: int = 1,
+                 system_prompt: str | None = None, top_p: float = 1.0, stop=None) -> list[list[str]]:
+        """``n`` completions per prompt (see the module docstring), each ended before its first ``stop`` string."""
+        settings = sampling_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n,
+                                     stop=stop)
+        self.sampling = settings
+        messages = [to_messages(p, system_prompt) for p in prompts]
+        if not messages:
+            return []
+        return self._generate(messages, settings)
+
+    def _generate(self, messages: list[list[dict]], settings: dict) -> list[list[str]]:
+        raise NotImplementedError
+
+
+class TransformersBackend(_Backend):
     """Batched ``model.generate`` (frpo.generation) on the CPU or one GPU."""
 
     name = "transformers"
@@ -122,33 +144,25 @@ class TransformersBackend:
         self.model_path = str(model_path)
         self.device = device
         self.batch_size = batch_size
-        self.sampling = None  # the settings of the latest generate call
         self.model, self.tokenizer = load_causal_lm(model_path, device)
 
     def settings(self) -> dict:
         return {"backend": self.name, "device": self.device, "batch_size": self.batch_size, "sampling": self.sampling}
 
-    def generate(self, prompts, max_new_tokens: int, temperature: float = 0.0, n: int = 1,
-                 system_prompt: str | None = None, top_p: float = 1.0, stop=None) -> list[list[str]]:
+    def _generate(self, messages: list[list[dict]], settings: dict) -> list[list[str]]:
         from ..generation import generate
 
-        settings = sampling_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n,
-                                     stop=stop)
-        self.sampling = settings
-        messages = [to_messages(p, system_prompt) for p in prompts]
-        # n samples per prompt: repeat each prompt n times, consecutively
-        flat = [m for m in messages for _ in range(n)]
-        if not flat:
-            return []
+        n = settings["n"]
+        flat = [m for m in messages for _ in range(n)]  # n samples per prompt: each prompt n times, consecutively
         gen = generate(self.model, self.tokenizer, flat, max_new_tokens=settings["max_new_tokens"],
                        do_sample=settings["do_sample"], temperature=settings["temperature"] or 1.0,
                        top_p=settings["top_p"], batch_size=self.batch_size)
-        self.sampling = {**settings, "sampler": getattr(gen, "config", None)}  # what generate() sampled with
+        self.sampling = {**settings, "sampler": gen.config}  # what generate() sampled with
         texts = [cut_at_stop(t, settings["stop"]).strip() for t in gen.texts]
         return [texts[i * n:(i + 1) * n] for i in range(len(messages))]
 
 
-class VLLMBackend:
+class VLLMBackend(_Backend):
     """vLLM offline inference (bf16, one GPU); prompts go through ``LLM.chat`` and so the chat template."""
 
     name = "vllm"
@@ -160,7 +174,6 @@ class VLLMBackend:
         self.model_path = str(model_path)
         self.engine = vllm_engine_kwargs(model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                          max_model_len=max_model_len, seed=seed)
-        self.sampling = None  # the settings of the latest generate call
         self.llm = LLM(**self.engine)
 
     def settings(self) -> dict:
@@ -170,16 +183,9 @@ class VLLMBackend:
                 "engine": {k: v for k, v in self.engine.items() if k != "model"}, "sampling": self.sampling,
                 "sampling_params": vllm_sampling_kwargs(self.sampling) if self.sampling else None}
 
-    def generate(self, prompts, max_new_tokens: int, temperature: float = 0.0, n: int = 1,
-                 system_prompt: str | None = None, top_p: float = 1.0, stop=None) -> list[list[str]]:
+    def _generate(self, messages: list[list[dict]], settings: dict) -> list[list[str]]:
         from vllm import SamplingParams
 
-        settings = sampling_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n,
-                                     stop=stop)
-        self.sampling = settings
-        messages = [to_messages(p, system_prompt) for p in prompts]
-        if not messages:
-            return []
         prefill = messages[0][-1].get("role") == "assistant"  # continue an assistant prefill (all or none)
         if any((m[-1].get("role") == "assistant") != prefill for m in messages):
             raise ValueError("either every prompt ends with an assistant prefill or none does")

@@ -36,6 +36,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from .registry import options as benchmark_options
 from .scoring import mean_result, pass_at_1
 
 __all__ = ["ASSISTANT_PREFILL", "DATASETS", "INSTRUCTION_PREFIX", "build_prompt", "chat_stop", "default_parallel",
@@ -55,9 +56,6 @@ DATASETS = {
 OVERRIDE_ENV = {name: env for name, env, _, _ in DATASETS.values()}
 #: environment variables whose name contains one of these (upper-cased) never reach the generated code
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
-_DEFAULTS = {"backend": "auto", "device": None, "batch_size": 8, "max_new_tokens": 768, "limit": None,
-             "data_path": None, "work_dir": None, "timeout_s": 3600, "parallel": None, "min_time_limit": 1.0,
-             "gt_time_limit_factor": 4.0, "cache_dir": None}
 
 
 def chat_stop() -> list[str]:
@@ -174,7 +172,7 @@ def evaluate(model_path, cfg: dict) -> dict:
 
     benchmark = cfg.get("benchmark", "mbpp_plus")
     dataset = DATASETS[benchmark][0]
-    opts = {**_DEFAULTS, **(cfg.get("evalplus") or {}), **(cfg.get(benchmark) or {})}
+    opts = benchmark_options(benchmark, cfg)  # the registry's defaults, then evalplus, then the benchmark's section
     parallel = int(opts["parallel"] or default_parallel())
     tmp = None
     if opts["work_dir"]:

@@ -44,50 +44,42 @@ from pathlib import Path
 import yaml
 
 from ..generation import explicit_generation_config, generation_record
+from .registry import QWEN_MATH_SYSTEM
+from .registry import options as benchmark_options
 from .scoring import mean_result
 
 __all__ = ["LM_EVAL_BENCHMARKS", "QWEN_MATH_SYSTEM", "ensure_punkt", "hf_generation_config", "lm_eval_gen_kwargs",
            "make_lm", "mmlu_subjects", "run_lm_eval", "write_tasks"]
 
-QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 TASKS_DIR = Path(__file__).with_name("tasks")
 #: the marker lm-eval's regex filter leaves when no answer matches
 INVALID_ANSWER = "[invalid]"
 
 #: benchmark -> how to run it. ``base``: the stock YAML (relative to lm_eval/tasks) that local overrides include;
 #: ``files``: split -> file name in ``data_dir``; ``invalid``: count items whose filtered answer is lm-eval's
-#: no-match marker as ``n_malformed``; defaults are overridable from the config.
+#: no-match marker as ``n_malformed``. The options (few-shot count, chat template, lengths, backend, ...) and
+#: their defaults are the registry's (:func:`frpo.evals.registry.options`: its defaults, then ``lm_eval``, then
+#: the benchmark's own section).
 LM_EVAL_BENCHMARKS: dict[str, dict] = {
     "math500": {
         "task": "minerva_math500", "base": "minerva_math/minerva_math500.yaml",
         "metric": "math_verify,none", "also": ["exact_match,none"], "files": {"test": "math500.jsonl"},
-        "defaults": {"num_fewshot": 0, "apply_chat_template": True, "system_instruction": QWEN_MATH_SYSTEM,
-                     "max_gen_toks": 2048, "greedy": True},
     },
     "gsm8k_maj8": {
         "task": "gsm8k_cot_maj8", "yaml": "gsm8k_maj8.yaml", "invalid": True,
         "metric": "exact_match,maj@8", "also": ["exact_match,score-first"], "files": {"test": "gsm8k.jsonl"},
-        "defaults": {"num_fewshot": 8, "apply_chat_template": False, "system_instruction": None,
-                     "max_gen_toks": 256, "greedy": False},  # sampling (T=0.2, 8 repeats) is what maj@8 votes over
     },
     "mmlu": {
         "task": "mmlu", "subjects_dir": "mmlu/default",
         "metric": "acc,none", "also": [],
-        "defaults": {"num_fewshot": 5, "apply_chat_template": False, "system_instruction": None,
-                     "max_gen_toks": None, "greedy": None, "subjects": None},  # loglikelihood: no generation
     },
     "ifeval": {
         "task": "ifeval", "base": "ifeval/ifeval.yaml",
         "metric": "prompt_level_strict_acc,none",
         "also": ["inst_level_strict_acc,none", "prompt_level_loose_acc,none", "inst_level_loose_acc,none"],
         "files": {"train": "ifeval.jsonl"},
-        "defaults": {"num_fewshot": 0, "apply_chat_template": True, "system_instruction": None,
-                     "max_gen_toks": 1280, "greedy": True},
     },
 }
-
-_COMMON_DEFAULTS = {"backend": "auto", "device": None, "batch_size": 8, "limit": None, "data_dir": None,
-                    "nltk_data": None, "work_dir": None, "seed": 0, "vllm": {}, "log_samples": 20}
 
 
 def _lm_eval_tasks_dir() -> Path:
@@ -267,7 +259,7 @@ def run_lm_eval(benchmark: str, model_path, cfg: dict) -> dict:
     from .backend import backend_name
 
     spec = LM_EVAL_BENCHMARKS[benchmark]
-    opts = {**_COMMON_DEFAULTS, **spec["defaults"], **(cfg.get("lm_eval") or {}), **(cfg.get(benchmark) or {})}
+    opts = benchmark_options(benchmark, cfg)
     if opts["device"] is None:
         opts["device"] = cfg.get("device") or "cpu"
     backend = backend_name(opts["backend"])

@@ -14,7 +14,8 @@ Judges (``cfg["strongreject"]["judge"]["name"]``):
 * ``strongreject_finetuned`` — ``qylu4156/strongreject-15k-v1``: harm = expected grade over "1".."5"
   (:mod:`frpo.judges.strongreject`); GPU.
 
-Completions are saved before judging and reused by a rerun; every judge call goes through the on-disk cache.
+Completions are saved before judging and reused by a rerun; every judge call goes through the on-disk cache (the
+shared step :func:`frpo.evals.judged.generate_and_judge`; defaults and accepted judges: :mod:`frpo.evals.registry`).
 Malformed rubric answers are not cached (a rerun asks again), are counted in ``n_malformed`` and, by
 ``on_malformed``, ``"exclude"``d from the mean (default; counted in ``n_excluded``, as the ``strong_reject``
 package's NaN scores are) or ``"raise"``. The result records ``value``, ``ci95`` (bootstrap over prompts), ``n``,
@@ -28,14 +29,21 @@ import os
 from pathlib import Path
 
 from ..io import sha256_file
-from ..judges.base import JudgeResponseError
-from . import strongreject_dataset
-from .harmbench import PROTOCOL_MAX_NEW_TOKENS, build_eval_judge, generate_and_judge, judge_record, subset_fields
+from .judged import (
+    PROTOCOL_MAX_NEW_TOKENS,
+    build_eval_judge,
+    generate_and_judge,
+    judge_record,
+    raise_if_malformed,
+    subset_fields,
+)
+from .registry import benchmark, strongreject_dataset
 from .scoring import mean_result
 
-__all__ = ["JUDGE_BACKENDS", "evaluate", "load_prompts"]
+__all__ = ["JUDGE_BACKENDS", "MALFORMED_POLICIES", "evaluate", "load_prompts"]
 
-JUDGE_BACKENDS = ("strongreject_rubric", "strongreject_finetuned")
+JUDGE_BACKENDS = benchmark("strongreject").judges
+MALFORMED_POLICIES = benchmark("strongreject").choices["on_malformed"]
 
 
 def load_prompts(path: str | os.PathLike) -> list[dict]:
@@ -55,11 +63,12 @@ def load_prompts(path: str | os.PathLike) -> list[dict]:
 
 
 def evaluate(model_path, cfg: dict) -> dict:
-    sr = dict(cfg.get("strongreject") or {})
-    on_malformed = sr.get("on_malformed", "exclude")
-    if on_malformed not in ("exclude", "raise"):
-        raise ValueError("strongreject.on_malformed must be 'exclude' or 'raise'")
-    name, judge, judge_cfg = build_eval_judge(sr, "strongreject", JUDGE_BACKENDS)
+    """The mean StrongREJECT score of the model at ``model_path`` under the eval spec ``cfg`` (module docstring)."""
+    sr = benchmark("strongreject").options(cfg)
+    on_malformed = sr["on_malformed"]
+    if on_malformed not in MALFORMED_POLICIES:
+        raise ValueError(f"strongreject.on_malformed must be one of {MALFORMED_POLICIES}")
+    name, judge, judge_cfg = build_eval_judge(sr, "strongreject")
     set_name, path, key = strongreject_dataset(sr)
     if path is None:
         raise ValueError(f"{key}: missing (the path of a StrongREJECT CSV)")
@@ -82,11 +91,8 @@ def evaluate(model_path, cfg: dict) -> dict:
         samples.append({"prompt": row["prompt"], "category": row["category"], "response": text, "score": harm,
                         "malformed": malformed, "cached": ans["cached"],
                         "judge": {k: v for k, v in ans.items() if k != "cached"}})
-    if n_malformed and on_malformed == "raise":
-        first = next(s for s in samples if s["malformed"])
-        raise JudgeResponseError(f"{n_malformed} malformed judge answer(s); first: {first['judge'].get('error')}; "
-                                 f"the completions are kept in {run.generations['path']} and the malformed answers "
-                                 "are not cached: a rerun asks the judge again")
+    if on_malformed == "raise":
+        raise_if_malformed(samples, run)
     by_cat: dict[str, list[float]] = {}
     for s in samples:
         if s["score"] is not None:
