@@ -42,7 +42,7 @@ PROFILE = ROOT / "profiles" / "slurm" / "profile.yaml"
 PYTHON = os.path.abspath(sys.executable)  # not resolved: keep the venv
 SNAKEMAKE = [PYTHON, "-m", "snakemake"]
 LOCAL_MEM_MB = 6000  # two concurrent jobs must fit the node's RealMemory (<= 20000 MB)
-GPU_RULES = ("rl_train", "warmup_sft", "finetune", "eval_refusal", "eval_arithmetic")  # the smoke config's evals
+GPU_RULES = ("rl_train", "warmup_sft", "finetune")  # GPUs from the profile, even on the smoke's cpu config
 
 OPTED_IN = os.environ.get("FRPO_SLURM_TESTS") == "1"
 
@@ -160,8 +160,13 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
     assert {"prepare_base_model", "warmup_sft", "rl_train", "merge_lora", "finetune", "eval_refusal",
             "eval_arithmetic", "lambda_select", "collect_tracking", "collect_evals", "table", "figure"} <= rules
 
+    from frpo.evals import resources
+
     for c in calls:
         argv, declared = c["argv"], profile["set-resources"].get(c["rule"], {})
+        if c["rule"].startswith("eval_"):  # sized by the evaluation registry; no GPU on a cpu config
+            want = resources(c["rule"][len("eval_"):])
+            declared = {"mem_mb": want["mem_mb"], "runtime": want["runtime"]}
         assert flag(argv, "-p", "--partition") == "debug", c
         assert flag(argv, "--mem") is not None and flag(argv, "-t", "--time") is not None, c
         assert "--requeue" in argv, c  # slurm-requeue: true

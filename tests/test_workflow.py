@@ -55,12 +55,14 @@ def test_slurm_profile_dry_run_declares_gpu_resources(tmp_path):
                        "--configfile", str(ROOT / "config" / "config.yaml"))
     out = result.stdout + result.stderr
     assert "rule rl_train" in out and "gpu=1" in out and "cpus_per_gpu=8" in out
+    assert "is extended by additional config" not in out  # the named config alone
 
 
 def test_the_slurm_profile_sizes_gpu_rules_and_gives_cpu_rules_no_gpu(tmp_path):
-    """Every rule that declares a GPU on a cuda config has gpu, memory and runtime in the profile; every rule that
-    declares none gets no GPU from the profile either (a dry run of the smoke config on cuda, all rules planned)."""
-    from frpo.evals import BENCHMARKS
+    """Every rule that declares a GPU on a cuda config has gpu, memory and runtime in the profile, or (the
+    evaluations) from the evaluation registry in its own resources; every rule that declares none gets no GPU from
+    the profile either (a dry run of the smoke config on cuda, all rules planned)."""
+    from frpo.evals import BENCHMARKS, resources
 
     config = load_config("smoke.yaml", device="cuda")
     config["tracks"]["safety"]["rl"]["lambda_star"]["enabled"] = False  # a checkpoint would defer the downstream jobs
@@ -75,23 +77,30 @@ def test_the_slurm_profile_sizes_gpu_rules_and_gives_cpu_rules_no_gpu(tmp_path):
     assert {"rl_train", "finetune", "warmup_sft", "eval_refusal"} <= gpu_rules
     assert {"prepare_base_model", "prepare_data", "merge_lora", "collect_tracking", "collect_evals", "table",
             "figure"} <= cpu_rules
-    for rule in gpu_rules | {f"eval_{b}" for b in BENCHMARKS}:
+    for rule in gpu_rules - {r for r in gpu_rules if r.startswith("eval_")}:
         res = profile.get(rule, {})
         assert res.get("gpu", 0) >= 1 and res.get("mem_mb", 0) > 0 and res.get("runtime", 0) > 0, (rule, res)
+    for bench in BENCHMARKS:
+        assert f"eval_{bench}" not in profile, "the registry sizes evaluations, in one place"
+        res = resources(bench)
+        assert res["gpu"] >= 1 and res["mem_mb"] > 0 and res["runtime"] > 0 and res["cpus_per_gpu"] > 0, bench
+    evals = re.findall(r"^rule (eval_\w+):\n(?:    .*\n)*?    resources: ([^\n]*)", out, flags=re.M)
+    assert evals
+    for rule, res in evals:
+        want = resources(rule[len("eval_"):])
+        for key in ("gpu", "cpus_per_gpu", "mem_mb", "runtime"):
+            assert re.search(rf"\b{key}={want[key]}\b", res), (rule, key, res)
     for rule in cpu_rules:
         assert not profile.get(rule, {}).get("gpu"), (rule, profile.get(rule))
-    assert set(profile) <= set(declared) | {f"eval_{b}" for b in BENCHMARKS}, "the profile sizes no unknown rule"
+    assert set(profile) <= set(declared), "the profile sizes no unknown rule"
 
 
-def test_every_benchmark_has_its_own_rule_sized_by_the_slurm_profile(tmp_path):
+def test_every_benchmark_has_its_own_rule(tmp_path):
     from frpo.evals import BENCHMARKS
 
     rules = set(snakemake("--list-rules").stdout.split())
     eval_rules = {r for r in rules if r.startswith("eval_")}
     assert eval_rules == {f"eval_{b}" for b in BENCHMARKS}
-    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "profile.yaml").read_text())["set-resources"]
-    for rule in eval_rules:
-        assert {"gpu", "cpus_per_gpu", "mem_mb", "runtime"} <= set(profile[rule]), rule
 
     # Every benchmark planned for pi_ref, each RL model and each fine-tuned model, each job by the rule of its
     # benchmark, reading the model its target names (lambda* off: its checkpoint would defer the eval jobs).

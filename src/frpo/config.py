@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import re
 from itertools import product
 from pathlib import Path
 
@@ -115,7 +113,7 @@ def _check_data(view: dict, where: str, source: str) -> None:
 
 
 def _check_track(config: dict, name: str, source: str) -> None:
-    from .evals import BENCHMARKS
+    from .evals import check_eval_config
 
     where = f"tracks.{name}"
     if name not in TRACKS:
@@ -159,10 +157,6 @@ def _check_track(config: dict, name: str, source: str) -> None:
         raise ConfigError(f"{source}: {where}.warmup.enabled: track {name!r} has no warm-up data")
     if v["warmup"]["enabled"] and "train" not in v["warmup"]:
         raise ConfigError(f"{source}: {where}.warmup.train: missing (the warm-up is enabled)")
-    for i, bench in enumerate(v["eval"]["benchmarks"]):
-        if bench not in BENCHMARKS:
-            raise ConfigError(f"{source}: {where}.eval.benchmarks.{i}: {bench!r} is not a benchmark "
-                              f"(known: {', '.join(BENCHMARKS)})")
     model = v["model"]
     source_kind = model["source"]
     if source_kind not in model and source_kind != "tiny":
@@ -173,11 +167,11 @@ def _check_track(config: dict, name: str, source: str) -> None:
         raise ConfigError(f"{source}: {where}.judges.fit_refusal_judge: track {name!r} has no judge_labelled data "
                           "to fit the demo's refusal classifier on")
     track.check(v, source)
+    # the benchmarks check their own sections: names, data files, judges and their credentials (frpo.evals)
+    check_eval_config(v["eval"], where, source)
     from .judges import missing_env
 
     judges = {f"{where}.judges.{k}": j for k, j in v["judges"].items() if k != "fit_refusal_judge"}
-    judges.update({f"{where}.{k}": j for k, j in _eval_judges(v).items()})
-    _check_eval_data(v, where, source)
     for key, judge in judges.items():
         missing = missing_env(judge)
         if missing:
@@ -245,33 +239,6 @@ def run_beta(rl: dict, run: str) -> float:
     return run_value(rl, "beta", run)
 
 
-def _eval_judges(view: dict) -> dict:
-    """``{config key: judge}`` of each listed judged benchmark, its section's judge or the default one."""
-    from .evals import DEFAULT_JUDGES, eval_judge
-
-    return {f"eval.{bench}.judge": eval_judge(view["eval"].get(bench, {}), bench)
-            for bench in DEFAULT_JUDGES if bench in view["eval"]["benchmarks"]}
-
-
-def _check_eval_data(view: dict, where: str, source: str) -> None:
-    """The local data files the listed benchmarks need are named and exist (HarmBench and StrongREJECT have no
-    download path here: their CSVs are configured files)."""
-    from .evals import strongreject_dataset
-
-    ev, benches = view["eval"], view["eval"]["benchmarks"]
-    files = {}
-    if "harmbench" in benches:
-        files["eval.harmbench.behaviors"] = ev.get("harmbench", {}).get("behaviors")
-    if "strongreject" in benches:
-        _, path, key = strongreject_dataset(ev.get("strongreject", {}))
-        files[key] = path
-    for key, path in files.items():
-        if not path:
-            raise ConfigError(f"{source}: {where}.{key}: missing (the path of a local CSV; see config/README.md)")
-        if not Path(os.path.expanduser(str(path))).is_file():
-            raise ConfigError(f"{source}: {where}.{key}: {str(path)!r} is not a file")
-
-
 def rl_runs(view: dict, lambda_star: str | None = None) -> list[str]:
     """The RL run names: ``grpo`` and ``frpo_lam<λ>`` for each configured λ (and λ*, once known)."""
     rl = view["rl"]
@@ -308,17 +275,19 @@ def finetune_settings(view: dict) -> list[str]:
 
 
 def judges_spec(view: dict, classifier_path: str | None) -> dict:
-    """The judges section with the fitted demo classifier filled in where a MiniLM judge uses it."""
-    judges = {k: copy.deepcopy(v) for k, v in view["judges"].items() if k != "fit_refusal_judge"}
-    for judge in judges.values():
-        _with_classifier(judge, view, classifier_path)
-    return judges
+    """The judges section with the fitted demo classifier filled in where a judge reads one."""
+    return {k: _with_classifier(v, view, classifier_path) for k, v in view["judges"].items()
+            if k != "fit_refusal_judge"}
 
 
-def _with_classifier(judge: dict, view: dict, classifier_path: str | None) -> None:
-    """Point a MiniLM judge (in place) at the fitted demo classifier, when the config fits one."""
-    if view["judges"].get("fit_refusal_judge") and judge["name"].startswith("minilm_"):
-        judge.setdefault("options", {})["classifier_path"] = classifier_path
+def _with_classifier(judge, view: dict, classifier_path: str | None) -> dict:
+    """A judge's config entry as a dict, pointed at the fitted demo classifier when the config fits one and the
+    judge reads one (frpo.judges.with_fitted_classifier)."""
+    from .judges import with_fitted_classifier
+
+    if fits_classifier(view):
+        return with_fitted_classifier(judge, classifier_path)
+    return copy.deepcopy(judge if isinstance(judge, dict) else {"name": judge})
 
 
 def fits_classifier(view: dict) -> bool:
@@ -390,11 +359,6 @@ def finetune_spec(view: dict, setting: str, seed: int, classifier_path: str | No
     }
 
 
-#: eval sections passed through to the benchmark modules (see frpo/evals/*.py for the keys each reads)
-EVAL_SECTIONS = ("harmbench", "strongreject", "lm_eval", "math500", "gsm8k_maj8", "mmlu", "ifeval", "evalplus",
-                 "mbpp_plus", "humaneval_plus")
-
-
 def eval_spec(view: dict, classifier_path: str | None) -> dict:
     ev = view["eval"]
     local = {k: str(v) for k, v in view["data"].items() if k not in prepared_data(view)}
@@ -403,10 +367,12 @@ def eval_spec(view: dict, classifier_path: str | None) -> dict:
         "max_prompts": ev.get("max_prompts"), "generation": ev["generation"],
         "judge_cache_dir": ev.get("judge_cache_dir", f"results/{view['name']}/judge_cache"),
     }
-    for section in EVAL_SECTIONS:
+    from .evals import eval_sections, judged_benchmarks
+
+    for section in eval_sections():  # the sections the benchmarks read (frpo.evals registry)
         if section in ev:
             spec[section] = copy.deepcopy(ev[section])
-    for section in ("harmbench", "strongreject"):  # the demo classifier, where an eval judge uses it
+    for section in judged_benchmarks():  # the demo classifier, where an eval judge reads it
         if spec.get(section, {}).get("judge"):
-            _with_classifier(spec[section]["judge"], view, classifier_path)
+            spec[section]["judge"] = _with_classifier(spec[section]["judge"], view, classifier_path)
     return spec

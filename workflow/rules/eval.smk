@@ -1,8 +1,8 @@
 # Stage 4: evaluations. One rule per benchmark, `eval_<bench>` (frpo.evals.BENCHMARKS), each evaluating any model
 # of a track: π_ref (eval/ref/<bench>.json), every RL model (eval/rl/<run>/seed<s>/<bench>.json) and every
-# fine-tuned model (eval/ft/<run>/seed<s>/<setting>/seed<f>/<bench>.json). The SLURM profile sizes each
-# benchmark's jobs separately.
-from frpo.evals import BENCHMARKS
+# fine-tuned model (eval/ft/<run>/seed<s>/<setting>/seed<f>/<bench>.json). Each benchmark's resources come from
+# the evaluation registry (frpo.evals.resources): GPUs, CPUs per GPU, memory and runtime; no GPU on a cpu config.
+from frpo.evals import BENCHMARKS, resources as bench_resources
 
 EVAL_SPECS = {t: spec_json(eval_spec(VIEWS[t], classifier(t))) for t in TRACKS}  # one per track
 
@@ -23,9 +23,10 @@ for _bench in BENCHMARKS:
             f"{LOGS}/{{track}}/eval/{{target}}/{_bench}.log",
         threads: 2
         resources:
-            gpu=on_gpu,
-            mem_mb=16000,
-            runtime=60,
+            gpu=bench_resources(_bench)["gpu"] if config["device"] == "cuda" else 0,
+            cpus_per_gpu=bench_resources(_bench)["cpus_per_gpu"] if config["device"] == "cuda" else 0,
+            mem_mb=bench_resources(_bench)["mem_mb"],
+            runtime=bench_resources(_bench)["runtime"],
         conda:
             ENV
         shell:
