@@ -19,14 +19,14 @@ byte::
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import random
 import sys
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
+
+from frpo.data.generator import generator_main, render  # noqa: F401  (render: re-exported)
 
 __all__ = ["SEED", "N_PROBLEMS", "TEMPLATES", "generate", "render", "main", "latex_number"]
 
@@ -288,26 +288,8 @@ def generate(n: int = N_PROBLEMS, seed: int = SEED) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict]) -> str:
-    """JSONL text exactly as written to disk."""
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output file (default: {DEFAULT_OUT})")
-    parser.add_argument(
-        "--check", action="store_true", help="compare with --out instead of writing; exit 1 if different"
-    )
-    args = parser.parse_args(argv)
-    text = render(generate())
-    if args.check:
-        same = args.out.is_file() and args.out.read_bytes() == text.encode("utf-8")
-        print(f"{args.out}: {'up to date' if same else 'DIFFERS from the generator output'}")
-        return 0 if same else 1
-    args.out.write_bytes(text.encode("utf-8"))
-    print(f"wrote {args.out} ({text.count(chr(10))} problems)")
-    return 0
+    return generator_main(argv, generate, DEFAULT_OUT, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any
 
 from .base import JudgeConfigError, answer_record, check_pairs, checked_values, register
 from .http import GPT4O_MODEL, ChatJudge, api_key_env
-from .local import default_device, mask_positions, pin_model, wrap_loaded
+from .local import LocalModelJudge, default_device, mask_positions
 
 __all__ = ["GPT4O_HARMBENCH_SYSTEM", "GPT4O_HARMBENCH_TEMPLATE_VERSION", "GPT4O_HARMBENCH_USER", "GPT4O_MODEL",
            "HB_CLS_MODEL", "HB_CLS_PROMPTS", "HB_CLS_TEMPLATE_VERSIONS", "LABELLING_FUNCTION",
@@ -260,7 +260,7 @@ def parse_next_token(text: Any) -> dict:
 
 
 @register("harmbench_cls")
-class HarmBenchClassifier:
+class HarmBenchClassifier(LocalModelJudge):
     """Official HarmBench classifier cais/HarmBench-Llama-2-13b-cls (yes = the generation exhibits the behavior)."""
 
     name = "harmbench_cls"
@@ -289,17 +289,6 @@ class HarmBenchClassifier:
         self._tok = None
         self._pin: dict | None = None
         self.loaded_info: dict[str, Any] = {}
-
-    @classmethod
-    def from_loaded(cls, model: Any, tokenizer: Any, **options: Any) -> HarmBenchClassifier:
-        """Wrap an already loaded causal LM + tokenizer (tests, custom placement)."""
-        return wrap_loaded(cls, model, tokenizer, **options)
-
-    def pinned(self) -> dict:
-        """The resolved commit (or local-directory hash) that :meth:`_load` loads (:func:`pin_model`)."""
-        if self._pin is None:
-            self._pin = pin_model(self.model_id, self.revision)
-        return self._pin
 
     @property
     def version(self) -> str:

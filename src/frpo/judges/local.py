@@ -90,6 +90,30 @@ def pin_adapter_base(pin: dict, base_revision: str | None = None) -> dict:
     return {**pin, "base": base, "id": f"{pin['id']}+base={base['id']}"}
 
 
+class LocalModelJudge:
+    """What the judges that load a model of their own share: the model is loaded on first use, and pinned to the
+    commit it resolves to (:meth:`pinned`, which is part of the judge's version and cache key); a judge can also
+    wrap a model its caller loaded (:meth:`from_loaded`). Subclasses set ``model_id`` and ``revision`` and
+    define ``_prepare(model, tokenizer)``; ``_resolve_pin`` says what a pin is (default: :func:`pin_model`)."""
+
+    model_id: str
+    revision: str | None
+
+    @classmethod
+    def from_loaded(cls, model: Any, tokenizer: Any, **options: Any):
+        """Wrap an already loaded model + tokenizer (tests, or a caller that manages devices itself)."""
+        return wrap_loaded(cls, model, tokenizer, **options)
+
+    def _resolve_pin(self) -> dict:
+        return pin_model(self.model_id, self.revision)
+
+    def pinned(self) -> dict:
+        """The resolved commit (or local-directory hash) that the judge loads, resolved once."""
+        if getattr(self, "_pin", None) is None:
+            self._pin = self._resolve_pin()
+        return self._pin
+
+
 def wrap_loaded(cls: type, model: Any, tokenizer: Any, **options: Any) -> Any:
     """A judge of class ``cls`` around an already loaded model and tokenizer, passed through ``cls._prepare``. Its
     pin (version) names the loaded model's path and commit as the model reports them."""

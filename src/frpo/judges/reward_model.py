@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import JudgeResponseError, check_pairs, check_scores, register
-from .local import default_device, pin_model, wrap_loaded
+from .local import LocalModelJudge, default_device
 
 __all__ = ["RM_MODEL", "RM_REVISION", "RMRB2Judge"]
 
@@ -19,7 +19,7 @@ RM_REVISION = "2"
 
 
 @register("rm_rb2")
-class RMRB2Judge:
+class RMRB2Judge(LocalModelJudge):
     """Helpfulness reward sigmoid(logit) of allenai/Llama-3.1-8B-Instruct-RM-RB2 (revision "2", bf16)."""
 
     name = "rm_rb2"
@@ -42,16 +42,6 @@ class RMRB2Judge:
         self._tok = None
         self._pin: dict | None = None
         self.loaded_info: dict[str, Any] = {}
-
-    @classmethod
-    def from_loaded(cls, model: Any, tokenizer: Any, **options: Any) -> RMRB2Judge:
-        """Wrap an already loaded sequence-classification model + tokenizer (tests, custom placement)."""
-        return wrap_loaded(cls, model, tokenizer, **options)
-
-    def pinned(self) -> dict:
-        if self._pin is None:
-            self._pin = pin_model(self.model_id, self.revision)
-        return self._pin
 
     @property
     def version(self) -> str:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import JudgeConfigError, answer_record, check_pairs, check_scores, register
 from .http import GPT4O_MODEL, ChatJudge, api_key_env
-from .local import default_device, mask_positions, pin_adapter_base, pin_model, wrap_loaded
+from .local import LocalModelJudge, default_device, mask_positions, pin_adapter_base, pin_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -127,7 +127,7 @@ def truncate_response(
 
 
 @register("strongreject_finetuned")
-class StrongRejectFinetunedJudge:
+class StrongRejectFinetunedJudge(LocalModelJudge):
     """StrongREJECT fine-tuned Gemma-2B judge; ``harm`` = expected grade in [0, 1], ``score`` = 1 - harm."""
 
     name = "strongreject_finetuned"
@@ -167,16 +167,14 @@ class StrongRejectFinetunedJudge:
     @classmethod
     def from_loaded(cls, model: Any, tokenizer: Any, **options: Any) -> StrongRejectFinetunedJudge:
         """Wrap an already loaded causal LM + tokenizer (tests, or a caller that manages devices itself)."""
-        judge = wrap_loaded(cls, model, tokenizer, **options)
+        judge = super().from_loaded(model, tokenizer, **options)
         judge._ids = judge._score_ids(tokenizer)
         judge._quant = "as-given"
         return judge
 
-    def pinned(self) -> dict:
+    def _resolve_pin(self) -> dict:
         """The adapter's (and its base model's) resolved commits: what :meth:`_load` loads (:func:`pin_model`)."""
-        if self._pin is None:
-            self._pin = pin_adapter_base(pin_model(self.model_id, self.revision), self.base_revision)
-        return self._pin
+        return pin_adapter_base(pin_model(self.model_id, self.revision), self.base_revision)
 
     def quantization(self) -> str:
         """``nf4-4bit`` (bf16 compute) or ``bf16``, decided before loading; ``as-given`` for a wrapped model."""
