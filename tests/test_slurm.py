@@ -91,9 +91,15 @@ def _env(state: Path, sbatch_log: Path) -> dict:
 
 def local_profile(dest: Path) -> dict:
     """profiles/slurm with only what this node needs changed: cpus_per_gpu capped to the node's CPUs, mem_mb capped
-    to LOCAL_MEM_MB. Everything else (gpu, runtime, retries, requeue, log dir) is the profile's."""
+    to LOCAL_MEM_MB, for the profile's rules and for the evaluations (whose rules declare the registry's
+    resources). Everything else (gpu, runtime, retries, requeue, log dir) is the profile's or the rule's."""
+    from frpo.evals import BENCHMARKS, resources
+
     profile = yaml.safe_load(PROFILE.read_text())
     cpus = os.cpu_count() or 1
+    for bench in BENCHMARKS:
+        if resources(bench)["mem_mb"] > LOCAL_MEM_MB:
+            profile["set-resources"][f"eval_{bench}"] = {"mem_mb": LOCAL_MEM_MB}
     for res in profile["set-resources"].values():
         if res.get("cpus_per_gpu", 0) > cpus:
             res["cpus_per_gpu"] = cpus
@@ -164,9 +170,9 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
 
     for c in calls:
         argv, declared = c["argv"], profile["set-resources"].get(c["rule"], {})
-        if c["rule"].startswith("eval_"):  # sized by the evaluation registry; no GPU on a cpu config
+        if c["rule"].startswith("eval_"):  # sized by the evaluation registry (memory capped to this node's)
             want = resources(c["rule"][len("eval_"):])
-            declared = {"mem_mb": want["mem_mb"], "runtime": want["runtime"]}
+            declared = {"mem_mb": min(want["mem_mb"], LOCAL_MEM_MB), "runtime": want["runtime"]}
         assert flag(argv, "-p", "--partition") == "debug", c
         assert flag(argv, "--mem") is not None and flag(argv, "-t", "--time") is not None, c
         assert "--requeue" in argv, c  # slurm-requeue: true
