@@ -37,7 +37,7 @@ def test_evals_rows_name_the_model_and_keep_every_metric_a_result_records(tmp_pa
               "metrics": {"pass@1_base": 0.25, "pass@1_plus": 0.2}}
     path = _write(tmp_path / "r.json", json.dumps(result))
     ft = "ft/frpo_lam2/seed0/code-lora-lr5e-5-ep1/seed2"
-    table = evals_table("math", [(f"ref:mbpp_plus", path), (f"{ft}:mbpp_plus", path)])
+    table = evals_table("math", [("ref:mbpp_plus", path), (f"{ft}:mbpp_plus", path)])
     assert len(table) == 4  # two models x (the value, and pass@1_plus beside it)
     base = table[table["model"] == "ref"]
     assert base["stage"].unique().tolist() == ["base"] and base["algorithm"].unique().tolist() == ["base"]

@@ -15,7 +15,6 @@ to ``ckpt_dir`` (outside the rule's declared outputs) and a rerun resumes from t
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 

@@ -84,19 +84,23 @@ def ref_model(track):
     return f"{RESULTS}/{track}/warmup/model" if VIEWS[track]["warmup"]["enabled"] else f"{RESULTS}/{track}/models/base"
 
 
+def prepared_inputs(track, *keys):
+    """The prepared files (prepare_data) among a track's data ``keys``; keys read as configured are no input."""
+    v = VIEWS[track]
+    return [data_path(v, key) for key in keys if key in prepared_data(v)]
+
+
 def stage_data(wildcards):
-    """The prepared data files a training stage of the track reads (its RL prompts, when prepared)."""
-    v = V(wildcards)
-    key = get_track(wildcards.track).RL_DATA
-    return [data_path(v, key)] if key in prepared_data(v) else []
+    """The prepared data a training stage of the track reads: its RL prompts (also the tracker's probes)."""
+    return prepared_inputs(wildcards.track, get_track(wildcards.track).RL_DATA)
 
 
 def finetune_data(wildcards):
+    """Fine-tuning reads the RL prompts (probes) and its own data set."""
     from frpo.runs import parse_setting
 
-    v = V(wildcards)
-    key = parse_setting(wildcards.setting).dataset
-    return stage_data(wildcards) + ([data_path(v, key)] if key in prepared_data(v) else [])
+    return prepared_inputs(wildcards.track, get_track(wildcards.track).RL_DATA,
+                           parse_setting(wildcards.setting).dataset)
 
 
 def lambda_star(track):

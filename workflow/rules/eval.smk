@@ -23,8 +23,8 @@ for _bench in BENCHMARKS:
             f"{LOGS}/{{track}}/eval/{{target}}/{_bench}.log",
         threads: 2
         resources:
-            gpu=bench_resources(_bench)["gpu"] if config["device"] == "cuda" else 0,
-            cpus_per_gpu=bench_resources(_bench)["cpus_per_gpu"] if config["device"] == "cuda" else 0,
+            gpu=bench_resources(_bench)["gpu"] if on_gpu() else 0,
+            cpus_per_gpu=bench_resources(_bench)["cpus_per_gpu"] if on_gpu() else 0,
             mem_mb=bench_resources(_bench)["mem_mb"],
             runtime=bench_resources(_bench)["runtime"],
         conda:
