@@ -146,6 +146,13 @@ def _cmd_lambda_star(a):
     return _print(result)
 
 
+def _cmd_launch(a):
+    from .launch import launch
+
+    command = a.command_line[1:] if a.command_line[:1] == ["--"] else a.command_line
+    return launch(command, a.processes, a.config, a.nodes, a.on_node)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frpo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("--rho", {"type": float, "required": True, "help": "KL budget ρ > 0"}),
         ("--std", {"type": float, "help": "within-prompt reward std: λ* = std/sqrt(2ρ)"}),
         ("--rewards", {"help": "JSONL file, one list of sampled rewards per prompt: numeric optimum"}))
+    add("launch", _cmd_launch, "run a stage on several processes with accelerate (DDP, DeepSpeed ZeRO or FSDP)",
+        ("--processes", {"type": int, "required": True, "help": "processes in all (GPUs x nodes)"}),
+        ("--nodes", {"type": int, "default": 1, "help": "nodes of the SLURM allocation"}),
+        ("--config", {"required": True, "help": "accelerate config file (config/accelerate/*.yaml)"}),
+        ("--on-node", {"action": "store_true", "help": argparse.SUPPRESS}),
+        ("command_line", {"nargs": argparse.REMAINDER, "metavar": "-- COMMAND",
+                          "help": "frpo <stage> ... or a .py script"}))
     return parser
 
 
