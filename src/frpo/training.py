@@ -15,9 +15,14 @@ that a CPU test runs the very code path a GPU run takes:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["PRECISIONS", "common_training_args", "last_checkpoint", "lora_config", "precision", "precision_record"]
+__all__ = ["PRECISIONS", "REPORTERS", "common_training_args", "last_checkpoint", "lora_config", "precision",
+           "precision_record", "reporting", "run_name"]
+
+#: the live-curve writers a training stage may report to (``spec["report_to"]``)
+REPORTERS = ("tensorboard", "wandb")
 
 #: precision -> (dtype of the trained parameters, autocast dtype or None)
 PRECISIONS = {"fp32": ("float32", None), "bf16-mixed": ("float32", "bfloat16"), "bf16": ("bfloat16", "bfloat16")}
@@ -56,9 +61,63 @@ def last_checkpoint(ckpt_dir: str | Path) -> str | None:
     return str(max(ckpts, key=lambda p: int(p.name.split("-")[-1])))
 
 
+def run_name(spec: dict, ckpt_dir: str | Path) -> str:
+    """A name that tells one training run from the others on a shared dashboard (W&B's run name).
+
+    The workflow's checkpoint folder, ``results/<config>/.ckpt/<track>/<stage>/<run>/seed<n>[/<setting>/seed<m>]``,
+    names a stage completely (the fine-tuning specs carry neither the RL run nor the setting), so it is the name
+    when ``ckpt_dir`` lies under a ``.ckpt`` folder; otherwise the spec's track, run, setting and seed, as present,
+    and the folder's own name when the spec has none of them."""
+    parts = Path(ckpt_dir).resolve().parts
+    if ".ckpt" in parts[:-1]:
+        at = len(parts) - 1 - parts[::-1].index(".ckpt")
+        return "/".join(parts[at - 1:at] + parts[at + 1:])  # the config's name, then the path below .ckpt
+    named = [str(spec[k]) for k in ("track", "run", "setting") if spec.get(k)]
+    if spec.get("seed") is not None:
+        named.append(f"seed{spec['seed']}")
+    return "/".join(named) if named else Path(ckpt_dir).name
+
+
+def reporting(spec: dict, ckpt_dir: str | Path) -> dict:
+    """The TrainingArguments of a stage's live curves (``spec["report_to"]``, a list among :data:`REPORTERS`;
+    absent: none), and the environment their Trainer callbacks read.
+
+    TrainingArguments has no ``logging_dir`` in transformers 5: TensorBoardCallback reads
+    ``TENSORBOARD_LOGGING_DIR`` when the Trainer is built (which follows this call in the stages), else it
+    writes to a new ``<output_dir>/runs/<date>_<host>`` folder on every start. Pinned to
+    ``<ckpt_dir>/tensorboard`` (next to the checkpoints, outside the rule's declared outputs), the curves are
+    there while the job runs, survive a crash, and a resumed run adds its event file to the same folder.
+
+    W&B reads ``WANDB_PROJECT``/``WANDB_ENTITY``/``WANDB_DIR`` (set here from ``spec["wandb"]``, its local files
+    next to the checkpoints) and the run's name from ``run_name``. Only the main process writes either: both
+    callbacks return early unless ``state.is_world_process_zero``."""
+    report_to = spec.get("report_to") or []
+    if isinstance(report_to, str) or not all(isinstance(r, str) for r in report_to):
+        raise ValueError(f"report_to: expected a list of names among {', '.join(REPORTERS)}, got {report_to!r}")
+    unknown = [r for r in report_to if r not in REPORTERS]
+    if unknown:
+        raise ValueError(f"report_to: unknown {', '.join(map(repr, unknown))} (known: {', '.join(REPORTERS)})")
+    out = {"report_to": list(report_to), "run_name": run_name(spec, ckpt_dir)}
+    if "tensorboard" in report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(ckpt_dir).resolve() / "tensorboard")
+    if "wandb" in report_to:
+        try:
+            import wandb  # noqa: F401
+        except ImportError as e:
+            raise ImportError(f"report_to: 'wandb' needs the Weights & Biases client (pip install wandb), which "
+                              f"is not importable here ({e}); install it or drop 'wandb' from report_to") from e
+        opts = spec.get("wandb") or {}
+        Path(ckpt_dir).mkdir(parents=True, exist_ok=True)  # W&B writes its run files under WANDB_DIR/wandb
+        os.environ["WANDB_DIR"] = str(Path(ckpt_dir).resolve())
+        os.environ["WANDB_PROJECT"] = str(opts.get("project") or "frpo")
+        if opts.get("entity"):
+            os.environ["WANDB_ENTITY"] = str(opts["entity"])
+    return out
+
+
 def common_training_args(section: dict, spec: dict, ckpt_dir: str | Path) -> dict:
     """The TrainingArguments shared by the RL and SFT stages: schedule, checkpoints for resuming, device, autocast
-    (:func:`precision`)."""
+    (:func:`precision`), live curves (:func:`reporting`)."""
     cpu = spec.get("device", "cpu") == "cpu"
     autocast = precision(spec)["autocast_dtype"]
     return {
@@ -76,8 +135,8 @@ def common_training_args(section: dict, spec: dict, ckpt_dir: str | Path) -> dic
         "use_cpu": cpu,
         "bf16": autocast == "bfloat16",
         "gradient_checkpointing": section.get("gradient_checkpointing", not cpu),
-        "report_to": [],
         "disable_tqdm": False,
+        **reporting(spec, ckpt_dir),
     }
 
 
