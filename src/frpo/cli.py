@@ -150,7 +150,7 @@ def _cmd_launch(a):
     from .launch import launch
 
     command = a.command_line[1:] if a.command_line[:1] == ["--"] else a.command_line
-    return launch(command, a.processes, a.config, a.nodes, a.on_node)
+    return launch(command, a.processes, a.strategy, a.nodes, a.on_node)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,10 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("launch", _cmd_launch, "run a stage on several processes with accelerate (DDP, DeepSpeed ZeRO or FSDP)",
         ("--processes", {"type": int, "required": True, "help": "processes in all (GPUs x nodes)"}),
         ("--nodes", {"type": int, "default": 1, "help": "nodes of the SLURM allocation"}),
-        ("--config", {"required": True, "help": "accelerate config file (config/accelerate/*.yaml)"}),
         ("--on-node", {"action": "store_true", "help": argparse.SUPPRESS}),
         ("command_line", {"nargs": argparse.REMAINDER, "metavar": "-- COMMAND",
-                          "help": "frpo <stage> ... or a .py script"}))
+                          "help": "frpo <stage> ... or a .py script"})
+    ).add_argument("--strategy", "--config", dest="strategy", required=True,
+                   help="ddp, zero2, zero3, fsdp (config/accelerate/<name>.yaml) or an accelerate config file")
     return parser
 
 

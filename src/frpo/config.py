@@ -32,8 +32,11 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def validate_config(config: dict, schema_path: str | Path, source: str = "config") -> dict:
-    """Validate ``config`` against the schema at ``schema_path`` and the semantic rules; return it unchanged."""
+def validate_config(config: dict, schema_path: str | Path, source: str = "config",
+                    root: str | Path | None = None) -> dict:
+    """Validate ``config`` against the schema at ``schema_path`` and the semantic rules; return it unchanged.
+    ``root``: the repository, whose config/accelerate/ holds the distributed strategies (default: the one the
+    schema lies in)."""
     import jsonschema
 
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -50,7 +53,7 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
             else:
                 lines.append(f"{source}: {_key(err.path)}: {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    _check_semantics(config, source)
+    _check_semantics(config, source, Path(root) if root else Path(schema_path).resolve().parents[2])
     return config
 
 
@@ -62,7 +65,7 @@ def track_names(config: dict) -> list[str]:
 def view(config: dict, track: str) -> dict:
     """Track ``track`` of ``config`` as one flat section: the shared keys (name, device, seed, precision), the
     track's own block, ``track`` (its name) and ``results`` (its results directory)."""
-    out = {k: config[k] for k in ("name", "device", "seed", "precision") if k in config}
+    out = {k: config[k] for k in ("name", "device", "seed", "precision", "compute", "logging") if k in config}
     out.update(copy.deepcopy(config["tracks"][track]))
     out["track"] = track
     out["results"] = f"results/{config['name']}/{track}"
@@ -136,6 +139,7 @@ def _check_track(config: dict, name: str, source: str) -> None:
     if ("steps" in rl) == ("epochs" in rl):
         raise ConfigError(f"{source}: {where}.rl: give exactly one of rl.steps (optimiser steps) and rl.epochs "
                           "(epochs over the training prompts, as the paper states its schedule)")
+    _check_batches(v, where, source)
     ft = v["finetune"]
     for i, dataset in enumerate(ft["datasets"]):
         if dataset not in track.FINETUNE:
@@ -181,7 +185,41 @@ def _check_track(config: dict, name: str, source: str) -> None:
             )
 
 
-def _check_semantics(config: dict, source: str) -> None:
+def _check_batches(v: dict, where: str, source: str) -> None:
+    """The global batch of every training job is what the config says, whatever its process count
+    (frpo.compute.job): RL's prompts_per_step spreads over micro-batches × processes in whole groups, and an SFT
+    stage's gradient accumulation (written for one process) is divided among its processes."""
+    from .compute import job, sft_stage
+
+    rl = v["rl"]
+    shards = rl.get("gradient_accumulation_steps", 1) * job(v, "rl").processes
+    if rl["prompts_per_step"] % shards:
+        raise ConfigError(f"{source}: {where}.rl.prompts_per_step: {rl['prompts_per_step']} is not a multiple of "
+                          f"gradient_accumulation_steps × processes = {shards} (compute.sizes."
+                          f"{v['model'].get('size')}.rl): every micro-batch of every process holds whole groups")
+    sft = [("finetune", v["finetune"], m) for m in v["finetune"]["methods"]]
+    if v["warmup"]["enabled"] and "train" in v["warmup"]:  # (a warm-up without train is refused below)
+        sft.append(("warmup.train", v["warmup"]["train"], v["warmup"]["train"]["method"]))
+    for key, section, method in sft:
+        n = job(v, sft_stage(method)).processes
+        if section.get("gradient_accumulation_steps", 1) % n:
+            raise ConfigError(f"{source}: {where}.{key}.gradient_accumulation_steps: "
+                              f"{section.get('gradient_accumulation_steps', 1)} (written for one process) is not a "
+                              f"multiple of the {n} processes of compute.sizes.{v['model'].get('size')}."
+                              f"{sft_stage(method)}: the global batch would change")
+
+
+def per_process_accumulation(section: dict, processes: int) -> int:
+    """An SFT section's gradient accumulation on ``processes`` processes: the configured (one-process) value
+    divided among them, so the global batch (batch_size × accumulation × processes) stays the configured one."""
+    return section.get("gradient_accumulation_steps", 1) // processes
+
+
+def _check_semantics(config: dict, source: str, root: Path) -> None:
+    """``root``: the repository (the schema's workflow/schemas/ lies in it), where config/accelerate/ is."""
+    from .compute import check_compute
+
+    check_compute(config, source, root)
     for name in config["tracks"]:
         _check_track(config, name, source)
 
@@ -306,19 +344,34 @@ def data_spec(view: dict, key: str) -> dict:
     return {"track": view["track"], "key": key, "data": {k: view["data"][k] for k in reads}}
 
 
-def _training(view: dict, seed: int | None = None) -> dict:
-    """What every training stage's spec carries: the track, the device, the seed and (when the config sets it) the
-    precision, which otherwise follows the device (frpo.training.precision)."""
-    out = {"track": view["track"], "device": view["device"], "seed": view["seed"] if seed is None else seed}
+#: live curves by default: TensorBoard event files next to each run's checkpoints (logging.report_to)
+DEFAULT_REPORT_TO = ["tensorboard"]
+
+
+def _training(view: dict, stage: str, seed: int | None = None) -> dict:
+    """What every training stage's spec carries: the track, the device, the seed, (when the config sets it) the
+    precision, which otherwise follows the device (frpo.training.precision), where the job runs
+    (frpo.compute.Job.record: a change of GPUs or strategy reruns it) and where its curves go."""
+    from .compute import job
+
+    logging = view.get("logging") or {}
+    out = {"track": view["track"], "device": view["device"], "seed": view["seed"] if seed is None else seed,
+           "compute": job(view, stage).record(), "report_to": list(logging.get("report_to", DEFAULT_REPORT_TO))}
+    if "wandb" in out["report_to"]:
+        out["wandb"] = logging.get("wandb", {})
     if "precision" in view:
         out["precision"] = view["precision"]
     return out
 
 
 def warmup_spec(view: dict) -> dict:
+    from .compute import sft_stage
+
     key, fmt = get_track(view["track"]).WARMUP_DATA
-    return {**_training(view), "dataset": {"path": data_path(view, key), "format": fmt},
-            "train": view["warmup"]["train"]}
+    training = _training(view, sft_stage(view["warmup"]["train"]["method"]))
+    train = dict(view["warmup"]["train"])
+    train["gradient_accumulation_steps"] = per_process_accumulation(train, training["compute"]["processes"])
+    return {**training, "dataset": {"path": data_path(view, key), "format": fmt}, "train": train}
 
 
 def _stage_data(view: dict) -> dict:
@@ -333,25 +386,33 @@ def rl_spec(view: dict, run: str, seed: int, classifier_path: str | None) -> dic
         if key in rl:
             rl[key] = run_value(view["rl"], key, run)
     parsed = parse_run(run)
+    from .compute import job
+
+    if rl.get("use_vllm"):  # colocated vLLM: tensor parallelism and memory fraction per model size (compute)
+        rl["vllm"] = job(view, "rl").vllm
     return {
-        "run": run, "objective": parsed.algorithm, "frpo_lambda": parsed.lam, **_training(view, seed),
+        "run": run, "objective": parsed.algorithm, "frpo_lambda": parsed.lam, **_training(view, "rl", seed),
         "rl": rl, "judges": judges_spec(view, classifier_path), "reward": view.get("reward", {}),
         "data": _stage_data(view),
     }
 
 
 def finetune_spec(view: dict, setting: str, seed: int, classifier_path: str | None) -> dict:
+    from .compute import sft_stage
+
     parsed = parse_setting(setting)
     ft = view["finetune"]
     train = {k: ft[k] for k in ("batch_size", "max_length", "save_steps", "gradient_accumulation_steps",
                                 "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "max_steps")
              if k in ft}
+    training = _training(view, sft_stage(parsed.method), seed)
+    train["gradient_accumulation_steps"] = per_process_accumulation(ft, training["compute"]["processes"])
     train.update(method=parsed.method, learning_rate=parsed.learning_rate, epochs=parsed.epochs)
     if parsed.method == "lora":
         train["lora"] = ft["lora"]
     fmt = get_track(view["track"]).FINETUNE[parsed.dataset]
     return {
-        **_training(view, seed),
+        **training,
         "dataset": {"path": data_path(view, parsed.dataset), "format": fmt, "split": "train",
                     "max_examples": ft.get("max_examples")},
         "train": train, "track_forgetting": ft.get("track"), "judges": judges_spec(view, classifier_path),

@@ -21,7 +21,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["accelerate_command", "launch", "main_port", "target_command"]
+__all__ = ["accelerate_command", "launch", "main_port", "strategy_file", "target_command"]
+
+
+def strategy_file(strategy: str) -> Path:
+    """The accelerate config of a strategy: a ``.yaml`` path as given, or a name (ddp, zero2, zero3, fsdp) looked
+    up in ``$FRPO_ACCELERATE_CONFIGS`` (set by the workflow to its repository's config/accelerate/), else in
+    ./config/accelerate/."""
+    from .compute import CONFIG_DIR_ENV, STRATEGIES
+
+    if strategy.endswith((".yaml", ".yml")):
+        path = Path(strategy)
+    elif strategy in STRATEGIES:
+        path = Path(os.environ.get(CONFIG_DIR_ENV, "config/accelerate")) / f"{strategy}.yaml"
+    else:
+        raise ValueError(f"frpo launch: --strategy {strategy!r}: a name among {', '.join(STRATEGIES)} or a .yaml file")
+    if not path.is_file():
+        raise FileNotFoundError(f"frpo launch: accelerate config {path} (strategy {strategy!r}) not found")
+    return path.resolve()
 
 
 def target_command(command: list[str]) -> list[str]:
@@ -53,8 +70,6 @@ def accelerate_command(command: list[str], processes: int, config_file: str | Pa
         raise ValueError(f"frpo launch: --processes {processes}: a job of one process runs as a plain process")
     if processes % nodes:
         raise ValueError(f"frpo launch: {processes} processes cannot be spread evenly over {nodes} nodes")
-    if not Path(config_file).is_file():
-        raise FileNotFoundError(f"frpo launch: accelerate config {config_file} not found")
     cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
            "--config_file", str(config_file), "--num_processes", str(processes),
            "--num_machines", str(nodes), "--machine_rank", str(machine_rank),
@@ -72,9 +87,10 @@ def _first_node() -> str:
     return out.stdout.split()[0]
 
 
-def launch(command: list[str], processes: int, config_file: str | Path, nodes: int = 1,
-           on_node: bool = False) -> int:
-    """Run ``command`` on ``processes`` processes (``nodes`` nodes); returns the exit status."""
+def launch(command: list[str], processes: int, strategy: str, nodes: int = 1, on_node: bool = False) -> int:
+    """Run ``command`` on ``processes`` processes (``nodes`` nodes) with ``strategy`` (:func:`strategy_file`);
+    returns the exit status."""
+    config_file = strategy_file(strategy)
     if nodes == 1:
         cmd = accelerate_command(command, processes, config_file)
     elif on_node:  # one of the per-node launchers that srun started below
@@ -86,6 +102,6 @@ def launch(command: list[str], processes: int, config_file: str | Path, nodes: i
         os.environ["FRPO_MAIN_NODE"] = _first_node()
         cmd = ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
                sys.executable, "-m", "frpo.cli", "launch", "--on-node", "--processes", str(processes),
-               "--nodes", str(nodes), "--config", str(config_file), "--", *command]
+               "--nodes", str(nodes), "--strategy", str(config_file), "--", *command]
     print("frpo launch:", shlex.join(cmd), flush=True)
     return subprocess.call(cmd)

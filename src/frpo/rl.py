@@ -9,7 +9,7 @@ the part of the workflow config this stage reads::
 
 The prompts and the reward functions (and their weights) are the track's (:mod:`frpo.tracks`). Checkpoints go
 to ``ckpt_dir`` (outside the rule's declared outputs) and a rerun resumes from the newest one. The adapter and
-``metrics.jsonl`` land in ``out_dir`` atomically.
+``metrics.jsonl`` land in ``out_dir`` atomically, written by the main process alone when several run.
 """
 
 from __future__ import annotations
@@ -70,9 +70,25 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = No
         temperature=rl.get("temperature", 1.0),
         top_p=rl.get("top_p", 1.0),
         disable_dropout=rl.get("disable_dropout", True),
-        use_vllm=rl.get("use_vllm", False),
         reward_weights=reward_weights,
+        **vllm_args(rl),
     )
+
+
+def vllm_args(rl: dict) -> dict:
+    """GRPOConfig's vLLM settings: colocated with training (each group of ``tensor_parallel_size`` processes
+    shares one engine), with the memory fraction and tensor parallelism of the model's size (config ``compute``;
+    ``rl.vllm`` in the spec). Nothing but ``use_vllm=False`` when generation runs in transformers."""
+    if not rl.get("use_vllm"):
+        return {"use_vllm": False}
+    v = rl.get("vllm", {})
+    out = {"use_vllm": True, "vllm_mode": "colocate",
+           "vllm_tensor_parallel_size": v.get("tensor_parallel_size", 1),
+           "vllm_gpu_memory_utilization": v.get("gpu_memory_utilization", 0.3),
+           "vllm_enable_sleep_mode": v.get("enable_sleep_mode", False)}
+    if v.get("max_model_length"):
+        out["vllm_max_model_length"] = v["max_model_length"]
+    return out
 
 
 def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path) -> dict:
@@ -98,7 +114,7 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
         peft_config=peft_config,
     )
     resume = last_checkpoint(ckpt_dir)
-    if resume:
+    if resume and trainer.accelerator.is_main_process:
         print(f"resuming {spec['run']} from {resume}", flush=True)
     with explicit_generation_config(trainer.model, trainer_generation_config(trainer)):
         trainer.train(resume_from_checkpoint=resume)
@@ -125,13 +141,35 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
                      "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
                      "disable_dropout": args.disable_dropout},
     }
-    with atomic_dir(out_dir) as tmp:
-        trainer.save_model(str(tmp / "adapter" if peft_config else tmp / "model"))
-        with open(tmp / "metrics.jsonl", "w") as f:
-            for h in steps:
-                f.write(json.dumps({"run": spec["run"], **h}) + "\n")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save_outputs(trainer, out_dir, "adapter" if peft_config else "model", spec["run"], steps, summary)
     return summary
+
+
+def save_outputs(trainer, out_dir: str | Path, weights: str, run: str, steps: list[dict], summary: dict) -> None:
+    """Write ``out_dir`` (the weights under ``weights``, ``metrics.jsonl``, ``summary.json``) atomically, from the
+    main process only. ``trainer.save_model`` runs on every process (it is collective under ZeRO-3 and FSDP) into
+    the same temporary directory, which only the main process creates, fills and renames; the others wait at the
+    barriers, so that on return every process sees the finished ``out_dir`` and none wrote a file of its own."""
+    accelerator = trainer.accelerator
+    main = accelerator.is_main_process
+    target = atomic_dir(out_dir)
+    if main:
+        target.__enter__()
+    accelerator.wait_for_everyone()  # the temporary directory exists before anyone saves into it
+    try:
+        trainer.save_model(str(target.tmp / weights))
+        if main:
+            with open(target.tmp / "metrics.jsonl", "w") as f:
+                for h in steps:
+                    f.write(json.dumps({"run": run, **h}) + "\n")
+            (target.tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except BaseException as exc:
+        if main:
+            target.__exit__(type(exc), exc, exc.__traceback__)  # removes the temporary directory
+        raise
+    if main:
+        target.__exit__(None, None, None)  # renames it into place
+    accelerator.wait_for_everyone()
 
 
 def select_lambda_star(metrics_paths, rho: float, last_k: int = 5) -> dict:

@@ -4,6 +4,7 @@
 import json
 import os
 
+from frpo.compute import CONFIG_DIR_ENV, job, sft_stage
 from frpo.config import (
     data_path,
     data_spec,
@@ -26,8 +27,10 @@ from frpo.models import merge_mem_mb
 from frpo.runs import RUN_RE, SEED_RE, SETTING_RE, TARGET_RE, Target
 from frpo.tracks import get_track
 
-validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), source="config")
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), source="config", root=workflow.basedir)
 
+# `frpo launch --strategy NAME` reads config/accelerate/NAME.yaml of this repository (jobs inherit the variable)
+os.environ.setdefault(CONFIG_DIR_ENV, os.path.join(workflow.basedir, "config", "accelerate"))
 RESULTS = f"results/{config['name']}"
 CKPT = f"{RESULTS}/.ckpt"  # training checkpoints: outside every declared output, so a rerun can resume
 LOGS = f"logs/{config['name']}"
@@ -68,6 +71,37 @@ def spec_json(spec):
 
 def on_gpu(wildcards=None):
     return 1 if config["device"] == "cuda" else 0
+
+
+def training_job(kind):
+    """The frpo.compute.Job of a training rule's job: ``kind`` is rl, warmup or finetune; the job's size is its
+    track's model.size and its stage the method it trains with (compute.sizes in the config)."""
+
+    def of(wildcards):
+        v = V(wildcards)
+        if kind == "rl":
+            return job(v, "rl")
+        if kind == "warmup":
+            return job(v, sft_stage(v["warmup"]["train"]["method"]))
+        from frpo.runs import parse_setting
+
+        return job(v, sft_stage(parse_setting(wildcards.setting).method))
+
+    return of
+
+
+def job_resources(kind):
+    """A training rule's resources, each looked up from its job (frpo.compute.Job.resources): GPUs, nodes,
+    tasks, CPUs per GPU, memory and runtime (doubled on the retry)."""
+    of = training_job(kind)
+    keys = ("gpu", "gres", "nodes", "tasks", "cpus_per_gpu", "mem_mb", "runtime")
+    return {key: (lambda w, attempt, key=key: of(w).resources(attempt)[key]) for key in keys}
+
+
+def launcher(kind):
+    """The command prefix of a training rule: empty for one process, ``frpo launch ... --`` for several."""
+    of = training_job(kind)
+    return lambda w: of(w).launcher()
 
 
 def classifier(track):

@@ -14,15 +14,14 @@ rule finetune:
         spec=lambda w: spec_json(finetune_spec(V(w), w.setting, int(w.ft_seed), classifier(w.track))),
         out=lambda w, output: parent(output.tracking),
         ckpt=lambda w: f"{CKPT}/{w.track}/ft/{w.run}/seed{w.seed}/{w.setting}/seed{w.ft_seed}",
+        launch=launcher("finetune"),
     log:
         f"{LOGS}/{{track}}/finetune/{{run}}/seed{{seed}}/{{setting}}/seed{{ft_seed}}.log",
     retries: 1
     threads: 2
     resources:
-        gpu=on_gpu,
-        mem_mb=32000,
-        runtime=lambda w, attempt: 720 * attempt,
+        **job_resources("finetune"),
     conda:
         ENV
     shell:
-        "frpo sft --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
+        "{params.launch} frpo sft --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"

@@ -66,17 +66,16 @@ rule warmup_sft:
         spec=lambda w: spec_json(warmup_spec(V(w))),
         out=lambda w, output: parent(output.model),
         ckpt=lambda w: f"{CKPT}/{w.track}/warmup",
+        launch=launcher("warmup"),
     log:
         f"{LOGS}/{{track}}/warmup_sft.log",
     threads: 2
     resources:
-        gpu=on_gpu,
-        mem_mb=16000,
-        runtime=120,
+        **job_resources("warmup"),
     conda:
         ENV
     shell:
-        "frpo sft --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
+        "{params.launch} frpo sft --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
 
 
 rule rl_train:
@@ -91,18 +90,17 @@ rule rl_train:
         spec=lambda w: spec_json(rl_spec(V(w), w.run, int(w.seed), classifier(w.track))),
         out=lambda w, output: parent(output.metrics),
         ckpt=lambda w: f"{CKPT}/{w.track}/rl/{w.run}/seed{w.seed}",
+        launch=launcher("rl"),
     log:
         f"{LOGS}/{{track}}/rl_train/{{run}}/seed{{seed}}.log",
     retries: 1
     threads: 2
     resources:
-        gpu=on_gpu,
-        mem_mb=32000,
-        runtime=lambda w, attempt: 720 * attempt,
+        **job_resources("rl"),
     conda:
         ENV
     shell:
-        "frpo rl --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
+        "{params.launch} frpo rl --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
 
 
 checkpoint lambda_select:
