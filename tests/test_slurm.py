@@ -42,7 +42,7 @@ PROFILE = ROOT / "profiles" / "slurm" / "profile.yaml"
 PYTHON = os.path.abspath(sys.executable)  # not resolved: keep the venv
 SNAKEMAKE = [PYTHON, "-m", "snakemake"]
 LOCAL_MEM_MB = 6000  # two concurrent jobs must fit the node's RealMemory (<= 20000 MB)
-GPU_RULES = ("rl_train", "warmup_sft", "finetune")  # GPUs from the profile, even on the smoke's cpu config
+TRAINING_RULES = {"rl_train": "rl", "warmup_sft": "sft_full", "finetune": "sft_lora"}  # placed by frpo.compute
 
 OPTED_IN = os.environ.get("FRPO_SLURM_TESTS") == "1"
 
@@ -168,11 +168,18 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
 
     from frpo.evals import resources
 
+    from frpo.compute import job
+    from frpo.config import view
+
+    smoke = view(yaml.safe_load(configfile.read_text()), "safety")
     for c in calls:
         argv, declared = c["argv"], profile["set-resources"].get(c["rule"], {})
         if c["rule"].startswith("eval_"):  # sized by the evaluation registry (memory capped to this node's)
             want = resources(c["rule"][len("eval_"):])
             declared = {"mem_mb": min(want["mem_mb"], LOCAL_MEM_MB), "runtime": want["runtime"]}
+        if c["rule"] in TRAINING_RULES:  # placed by the model's size (config compute.sizes.tiny)
+            assert c["rule"] not in profile["set-resources"]
+            declared = job(smoke, TRAINING_RULES[c["rule"]]).resources()
         assert flag(argv, "-p", "--partition") == "debug", c
         assert flag(argv, "--mem") is not None and flag(argv, "-t", "--time") is not None, c
         assert "--requeue" in argv, c  # slurm-requeue: true
@@ -184,13 +191,58 @@ def test_smoke_workflow_runs_through_sbatch_with_the_profiles_resources(cluster,
         if c["rule"] == "merge_lora":  # sized by the rule from its base model, not by the profile
             assert "mem_mb" not in declared
             assert flag(argv, "--mem") == str(merge_mem_mb(work / "results" / "smoke" / "safety" / "warmup" / "model")), c
-        if c["rule"] in GPU_RULES:
-            assert flag(argv, "--gpus") == "1", c
-            assert flag(argv, "--cpus-per-gpu") == str(declared["cpus_per_gpu"]), c
-            assert flag(argv, "--cpus-per-task") is None, c
+        # a CPU config: no rule asks for a GPU
+        assert flag(argv, "--gpus") is None and flag(argv, "--gres") is None, c
+        assert flag(argv, "--cpus-per-task") is not None, c
+        if c["rule"] == "rl_train":  # two processes (frpo launch, DDP over gloo): two tasks of one CPU each
+            assert flag(argv, "--ntasks") == "2" and flag(argv, "--cpus-per-task") == "1", c
         else:
-            assert flag(argv, "--gpus") is None and flag(argv, "--gres") is None, c
-            assert flag(argv, "--cpus-per-task") is not None, c
+            assert flag(argv, "--ntasks") == "1", c
+    rl_log = (work / "logs" / "smoke" / "safety" / "rl_train" / "grpo" / "seed0.log").read_text()
+    assert "frpo launch: " in rl_log and "--num_processes 2" in rl_log
+    summary = json.loads((work / "results" / "smoke" / "safety" / "rl" / "grpo" / "seed0" / "summary.json").read_text())
+    assert summary["processes"] == 2
+
+
+def test_the_paper_configs_large_model_jobs_reach_sbatch_with_several_gpus(cluster, tmp_path):
+    """config/paper.yaml's math track on a 32B model (model.size 32b): its RL and fine-tuning jobs are submitted
+    with the GPUs, CPUs per GPU, memory and runtime of compute.sizes.32b. This one-node cluster has one (dummy)
+    GPU, so SLURM refuses the jobs at submission, after the shim has recorded what sbatch received: the point is
+    the sbatch line. Their inputs are stand-ins (only rl_train and finetune may run: nothing upstream does)."""
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    config["tracks"]["math"]["model"]["size"] = "32b"
+    configfile = write_config(tmp_path / "paper_32b.yaml", config)
+    work = tmp_path / "paper"
+    math = work / "results" / "paper" / "math"
+    for path in ("models/base/", "data/math_problems.jsonl", "data/code.jsonl", "rl/grpo/seed0/adapter/",
+                 "rl/grpo/seed0/metrics.jsonl", "models/grpo/seed0/"):  # in the order the stages would write them
+        (math / path).parent.mkdir(parents=True, exist_ok=True)
+        (math / path).mkdir() if path.endswith("/") else (math / path).write_text("{}\n")
+        time.sleep(0.05)
+    local_profile(tmp_path / "profile")
+    log = tmp_path / "sbatch_calls.jsonl"
+    targets = ["results/paper/math/rl/frpo_lam10/seed0/metrics.jsonl",
+               "results/paper/math/ft/grpo/seed0/code-lora-lr5e-5-ep1/seed0/tracking.csv"]
+    result = subprocess.run([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *targets, "-d", str(work), "--profile",
+                             str(tmp_path / "profile"), "--jobs", "2", "--keep-going", "--retries", "0",
+                             "--allowed-rules", "rl_train", "finetune", "--rerun-triggers", "mtime",
+                             *CLUSTER_FLAGS, "--configfile", str(configfile)],
+                            cwd=work, env=_env(cluster, log), capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, "one dummy GPU cannot hold a 32B job: SLURM refuses it"
+    calls = {}
+    for c in sbatch_calls(log) if log.exists() else []:  # the first attempt's (a retry doubles the runtime)
+        calls.setdefault(c["rule"], c["argv"])
+    assert set(calls) == {"rl_train", "finetune"}, out[-4000:]
+    assert "Requested node configuration is not available" in out, out[-4000:]
+    sizes = config["compute"]["sizes"]["32b"]
+    for rule, stage in (("rl_train", "rl"), ("finetune", "sft_lora")):
+        argv, want = calls[rule], sizes[stage]
+        assert flag(argv, "--gpus") == str(want["gpus"]) and int(want["gpus"]) >= 2, argv
+        assert flag(argv, "--cpus-per-gpu") == str(want["cpus_per_gpu"]), argv
+        assert flag(argv, "--mem") == str(want["mem_mb"]) and flag(argv, "-t", "--time") == str(want["runtime"])
+        assert flag(argv, "--ntasks") is None and flag(argv, "--ntasks-per-gpu") is None, argv
+    print("32B jobs' sbatch lines:", json.dumps(calls, indent=1)[:3000])
 
 
 def _config(tmp_path: Path) -> Path:

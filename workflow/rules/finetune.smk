@@ -24,4 +24,4 @@ rule finetune:
     conda:
         ENV
     shell:
-        "{params.launch} frpo sft --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
+        "{params.launch}frpo sft --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"

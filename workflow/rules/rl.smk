@@ -75,7 +75,7 @@ rule warmup_sft:
     conda:
         ENV
     shell:
-        "{params.launch} frpo sft --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
+        "{params.launch}frpo sft --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
 
 
 rule rl_train:
@@ -100,7 +100,7 @@ rule rl_train:
     conda:
         ENV
     shell:
-        "{params.launch} frpo rl --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
+        "{params.launch}frpo rl --spec {params.spec:q} --model {input.model} --out {params.out} --ckpt {params.ckpt} > {log} 2>&1"
 
 
 checkpoint lambda_select:
