@@ -42,6 +42,12 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     schema = yaml.safe_load(Path(schema_path).read_text())
     # λ appears in run names: the schema's pattern is the one frpo.runs parses back
     schema["$defs"]["lambda"]["pattern"] = rf"^(?:{LAMBDA_RE})\Z"  # \Z: "$" would allow a trailing newline
+    # training stages and distributed strategies: the names frpo.compute places jobs by
+    from .compute import STAGES, STRATEGIES
+
+    schema["properties"]["compute"]["properties"]["sizes"]["additionalProperties"]["propertyNames"]["enum"] = \
+        list(STAGES)
+    schema["$defs"]["job"]["properties"]["strategy"]["enum"] = list(STRATEGIES)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
