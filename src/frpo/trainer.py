@@ -1,6 +1,6 @@
 """FRPO on top of TRL's GRPOTrainer (written against trl==1.16.0, pinned in pyproject.toml).
 
-The trainer changes four things in GRPOTrainer and nothing else:
+The trainer changes five things in GRPOTrainer and nothing else:
 
 1. ``_generate_and_score_completions``: attaches an explicit ``group_ids`` tensor to the batch. TRL's
    ``RepeatSampler`` emits each prompt ``num_generations`` times in a row and the gathered batch keeps sampler
@@ -16,6 +16,12 @@ The trainer changes four things in GRPOTrainer and nothing else:
 4. ``_save_rng_state`` / ``_load_rng_state``: checkpoints also hold, per process, the state of the whole-group
    shuffle (and the rest of a generation batch when a checkpoint falls inside one), so a resumed run is
    bit-identical to an uninterrupted one, ``steps_per_generation > 1`` included.
+5. Reward functions (judges, reward models) are guarded: with several processes each one scores its own rows and
+   then all of them meet in one gather of the rewards, so an exception on one process would leave the others
+   waiting in that gather forever. A guarded function that raises scores its rows ``-inf`` instead (a value no
+   usable reward has: it would make every advantage of its group NaN); after the gather every process sees the
+   same failures, counts them, logs ``frpo/reward_failures`` and, past ``max_reward_failure_fraction``, raises
+   :class:`RewardFailureError` at the same step as all the others, with no further collective.
 
 GRPO runs use this same class with ``objective="grpo"`` and centred, unscaled advantages
 (``scale_rewards="none"``), as in the paper; the public code std-normalised its GRPO baseline (spec §1.5).
@@ -23,14 +29,22 @@ GRPO runs use this same class with ``objective="grpo"`` and centred, unscaled ad
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
+from torch import nn
 from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
+from trl.trainer.utils import (
+    is_async_callable,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
 
 from .guards import check_finite_loss
 from .objective import (
@@ -44,7 +58,7 @@ from .objective import (
     robust_reward,
 )
 
-__all__ = ["FRPOConfig", "FRPOTrainer", "shuffle_whole_groups"]
+__all__ = ["FRPOConfig", "FRPOTrainer", "RewardFailureError", "shuffle_whole_groups"]
 
 logger = logging.get_logger(__name__)
 
@@ -127,6 +141,15 @@ class FRPOConfig(GRPOConfig):
         default=False,
         metadata={"help": "Must stay False: FRPO's estimator has no vLLM importance-sampling correction."},
     )
+    max_reward_failure_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Largest fraction of a generation batch's completions whose reward function raised (a judge's "
+            "API call failed, a reward model crashed) that training goes on with; those completions get no "
+            "advantage. Above it every process raises RewardFailureError at the same step. 0.0: any failure stops "
+            "the run. A reward function returning None for a row (TRL's 'not mine to score') is no failure."
+        },
+    )
 
     def __post_init__(self):
         self._validate_groups()  # before GRPOConfig's own checks, whose messages do not mention whole groups
@@ -179,6 +202,11 @@ class FRPOConfig(GRPOConfig):
             "mask_truncated_completions": (self.mask_truncated_completions, False),
             "loss_type": (self.loss_type, "grpo"),
         }
+        if not 0.0 <= self.max_reward_failure_fraction <= 1.0:
+            raise ValueError(
+                f"max_reward_failure_fraction={self.max_reward_failure_fraction} must lie in [0, 1] (a fraction "
+                "of the completions of a generation batch)"
+            )
         for name, (value, required) in unsupported.items():
             if value != required:
                 raise ValueError(f"{name}={value!r} is not supported by FRPOTrainer; use {name}={required!r}")
@@ -232,6 +260,34 @@ def shuffle_whole_groups(batch: dict, n_chunks: int, generator: torch.Generator 
     return split_tensor_dict(permuted, n_chunks)
 
 
+class RewardFailureError(RuntimeError):
+    """Too many completions of a generation batch could not be scored because a reward function raised. Raised by
+    every process at the same step (the decision is taken on the gathered rewards)."""
+
+
+#: the reward a guarded reward function gives the rows it failed on (:meth:`FRPOTrainer._guard_reward_func`).
+#: No usable reward is -inf (the advantages of its group would be NaN): a function that returns it counts as failed.
+FAILED_REWARD = -math.inf
+
+
+class _GuardedRewardModel(nn.Module):
+    """A reward model (an ``nn.Module`` reward function, which TRL calls as ``model(**inputs).logits[:, 0]``) whose
+    failure scores its rows :data:`FAILED_REWARD` instead of raising."""
+
+    def __init__(self, model: nn.Module, on_failure):
+        super().__init__()
+        self.model = model
+        self._on_failure = on_failure
+
+    def forward(self, **inputs):
+        try:
+            return self.model(**inputs)
+        except Exception as exc:
+            self._on_failure(exc)
+            n = inputs["input_ids"].shape[0]
+            return SimpleNamespace(logits=torch.full((n, 1), FAILED_REWARD, device=inputs["input_ids"].device))
+
+
 class FRPOTrainer(GRPOTrainer):
     """GRPOTrainer with exact prompt groups and the FRPO (or GRPO) objective of :mod:`frpo.objective`."""
 
@@ -242,10 +298,100 @@ class FRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self._group_shuffle = torch.Generator().manual_seed(self.args.seed)
         self._objective = OBJECTIVES[self.args.objective]
+        self._reward_errors: dict[str, Exception] = {}
+        # after TRL has named (and, for reward models, prepared) them: the names stay those of the functions
+        named = zip(self.reward_funcs, self.reward_func_names, strict=True)
+        self.reward_funcs = [self._guard_reward_func(func, name) for func, name in named]
+
+    # -- 5. reward functions that fail on one process -----------------------------------------------------------
+    def _guard_reward_func(self, func, name: str):
+        """``func`` such that an exception (or a wrong number of rewards) scores its rows :data:`FAILED_REWARD`:
+        this process then still reaches TRL's gather of the rewards, where the other processes wait for it."""
+
+        def failed(exc: Exception, n: int) -> list[float]:
+            self._on_reward_failure(name, exc)
+            return [FAILED_REWARD] * n
+
+        def checked(out, n: int) -> list:
+            out = list(out)
+            if len(out) != n:
+                raise ValueError(f"returned {len(out)} rewards for {n} completions")
+            return out
+
+        if isinstance(func, nn.Module):
+            return _GuardedRewardModel(func, functools.partial(self._on_reward_failure, name))
+        if is_async_callable(func):
+
+            async def guarded_async(*, prompts, **kwargs):
+                try:
+                    return checked(await func(prompts=prompts, **kwargs), len(prompts))
+                except Exception as exc:
+                    return failed(exc, len(prompts))
+
+            guarded_async.__name__ = guarded_async.__qualname__ = name
+            return guarded_async
+
+        def guarded(*, prompts, **kwargs):
+            try:
+                return checked(func(prompts=prompts, **kwargs), len(prompts))
+            except Exception as exc:
+                return failed(exc, len(prompts))
+
+        guarded.__name__ = guarded.__qualname__ = name
+        return guarded
+
+    def _on_reward_failure(self, name: str, exc: Exception) -> None:
+        self._reward_errors.setdefault(name, exc)
+        logger.error(
+            f"process {self.accelerator.process_index}: reward function {name!r} raised during step "
+            f"{self.state.global_step + 1}; its completions on this process are scored as failed",
+            exc_info=exc,
+        )
+
+    def _count_reward_failures(self, rewards_per_func: torch.Tensor, n_local: int) -> torch.Tensor:
+        """Count the rows a reward function failed on (:data:`FAILED_REWARD`) in the gathered rewards, the same
+        on every process; log ``frpo/reward_failures``; raise :class:`RewardFailureError` past the allowed
+        fraction, else mark those rows unscorable (NaN for every function: TRL gives them no advantage)."""
+        failed = torch.isneginf(rewards_per_func)
+        failed_rows = failed.any(dim=1)
+        n_failed, n_rows = int(failed_rows.sum()), failed_rows.numel()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["frpo/reward_failures"].append(float(n_failed))
+        errors, self._reward_errors = self._reward_errors, {}
+        if n_failed == 0:
+            return rewards_per_func
+        if n_failed > self.args.max_reward_failure_fraction * n_rows:
+            raise RewardFailureError(self._reward_failure_message(failed, n_local, errors))
+        if self.accelerator.is_main_process:
+            logger.warning(f"{n_failed} of {n_rows} completions could not be scored (a reward function raised) and "
+                           "get no advantage; max_reward_failure_fraction="
+                           f"{self.args.max_reward_failure_fraction}")
+        return rewards_per_func.masked_fill(failed_rows.unsqueeze(1), math.nan)
+
+    def _reward_failure_message(self, failed: torch.Tensor, n_local: int, errors: dict) -> str:
+        parts = []
+        for i, name in enumerate(self.reward_func_names):
+            rows = failed[:, i].nonzero().flatten()
+            if rows.numel():
+                procs = ", ".join(str(p) for p in sorted(set((rows // n_local).tolist())))
+                parts.append(f"reward function {name!r} raised on {rows.numel()} of {failed.shape[0]} completions "
+                             f"(process {procs})")
+        n_failed = int(failed.any(dim=1).sum())
+        here = "; ".join(f"{name!r}: {type(e).__name__}: {e}" for name, e in errors.items())
+        return (
+            f"{'; '.join(parts)} during step {self.state.global_step + 1}: {n_failed} of {failed.shape[0]} "
+            "completions could not be scored, more than max_reward_failure_fraction="
+            f"{self.args.max_reward_failure_fraction} allows. Every process stops at this step. "
+            + (f"On this process (process {self.accelerator.process_index}): {here}. " if here else
+               "The failing process logged its exception. ")
+            + "Raise max_reward_failure_fraction to train on without those completions."
+        )
 
     # -- 1. explicit groups -------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        self._reward_errors = {}
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards_per_func = self._count_reward_failures(rewards_per_func, len(prompts))
         self._last_rewards_per_func = rewards_per_func  # gathered over processes, in sampler order
         return rewards_per_func
 
@@ -325,7 +471,9 @@ class FRPOTrainer(GRPOTrainer):
                 "identical to an uninterrupted one"
             )
             return
-        state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+        device = self.accelerator.device
+        # under several CPU processes accelerate's device is "cpu:<rank>", which torch.load cannot map to
+        state = torch.load(path, map_location="cpu" if device.type == "cpu" else device, weights_only=True)
         self._group_shuffle.set_state(state["group_shuffle"].cpu())
         self._step = state["step"]
         self._buffered_inputs = state["buffered_inputs"]
