@@ -71,6 +71,7 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = No
         top_p=rl.get("top_p", 1.0),
         disable_dropout=rl.get("disable_dropout", True),
         reward_weights=reward_weights,
+        max_reward_failure_fraction=rl.get("max_reward_failure_fraction", 0.0),
         **vllm_args(rl),
     )
 
