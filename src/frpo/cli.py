@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def _spec(text: str) -> dict:
 
 
 def _print(obj) -> int:
-    print(json.dumps(obj))
+    """Print a stage's result as JSON, once: under `frpo launch` only the main process (RANK 0) prints."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(obj))
     return 0
 
 
