@@ -17,10 +17,17 @@ Data formats (``spec["dataset"]["format"]``):
 
 With ``spec["track_forgetting"]`` the tracker measures the probes of the run's track (``spec["track"]``,
 :func:`frpo.tracks.get_track`); without it ``tracking.csv`` holds its header line ``step`` only.
+
+Several processes (``frpo launch``: DDP, DeepSpeed ZeRO-2/3, FSDP): every process trains, measures (the tracker
+runs on all of them, :mod:`frpo.track`) and takes part in saving the trained weights, which under ZeRO-3 and
+FSDP are sharded and gathered by a collective (``trainer.save_model``, into ``<ckpt_dir>/final-model``). Only
+the main process writes ``tracking.csv`` and ``out_dir``, from that gathered copy (merging LoRA there, a local
+step); the others wait for it, so that ``out_dir`` is complete when any process returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -56,7 +63,8 @@ def sft_rows(dataset_spec: dict) -> list[dict]:
         if fmt == "gsm8k":
             user, assistant = r["question"], r["answer"]
         elif fmt == "alpaca":
-            user = f"### Instruction:\n{r['instruction']}" + (f"\n\n### Input:\n{r['input']}" if r["input"] else "")
+            user = (f"### Instruction:\n{r['instruction']}"
+                    + (f"\n\n### Input:\n{r['input']}" if r["input"] else ""))
             assistant = r["output"].strip()
         elif fmt == "code":
             user, assistant = r["input"], r["output"]
@@ -85,17 +93,59 @@ def _tracker(spec: dict, ref_model, tokenizer, csv_path: Path):
     )
 
 
+def _zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+@contextlib.contextmanager
+def _plain_loading():
+    """Within the block transformers loads models whole, not under DeepSpeed's zero.Init: for loading on the main
+    process alone (zero.Init partitions the weights over all processes, a collective the others would not
+    join). transformers keeps the DeepSpeed config it loads under as a module-level weak reference, with public
+    set and unset functions but no getter: the reference is read directly."""
+    from transformers.integrations import deepspeed
+
+    ref = deepspeed._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            deepspeed.set_hf_deepspeed_config(config)
+
+
+def _saved_model(saved_dir: Path, model_dir, lora: bool, load_dtype, save_dtype):
+    """The model to write, from what ``trainer.save_model`` wrote to ``saved_dir``: the trained weights, or for
+    LoRA the adapter merged into the base loaded as training loaded it (``load_dtype``); in ``save_dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    with _plain_loading():
+        if not lora:
+            return AutoModelForCausalLM.from_pretrained(saved_dir, dtype=save_dtype)
+        from peft import PeftModel
+
+        base, _ = load_causal_lm(model_dir, "cpu", dtype=load_dtype)
+        return PeftModel.from_pretrained(base, str(saved_dir)).merge_and_unload().to(save_dtype)
+
+
 def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str | Path) -> dict:
-    """Fine-tune ``model_dir`` as ``spec`` says; resume from ``ckpt_dir``; write the merged model to ``out_dir``."""
+    """Fine-tune ``model_dir`` as ``spec`` says; resume from ``ckpt_dir``; write the merged model to ``out_dir``.
+    Under several processes every process calls this; only the main one writes (see the module docstring)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     ckpt_dir = Path(ckpt_dir)
     train = spec["train"]
-    settings = precision(spec, lora=train["method"] == "lora")
+    lora = train["method"] == "lora"
+    settings = precision(spec, lora=lora)
     save_dtype = as_dtype(spec["save_dtype"], "save_dtype") if spec.get("save_dtype") else stored_dtype(model_dir)
-    model, tokenizer = load_causal_lm(model_dir, spec.get("device", "cpu"), dtype=settings["load_dtype"])
-    tokenizer.padding_side = "right"
+    # The SFTConfig is built BEFORE the model is loaded: under DeepSpeed ZeRO-3 building it registers the
+    # DeepSpeed config with transformers, whose from_pretrained asks is_deepspeed_zero3_enabled() at load time and
+    # only then loads the weights under zero.Init, partitioned over the processes. Loaded first, every process
+    # would hold the whole model.
     args = SFTConfig(
         **common_training_args(train, spec, ckpt_dir),
         num_train_epochs=train["epochs"],
@@ -104,45 +154,62 @@ def run_sft(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: st
         gradient_accumulation_steps=train.get("gradient_accumulation_steps", 1),
         max_length=train.get("max_length", 512),
     )
-    peft_config = lora_config(train["lora"]) if train["method"] == "lora" else None
+    main = args.process_index == 0  # the world's main process (sets up the process group if there is one)
+    model, tokenizer = load_causal_lm(model_dir, spec.get("device", "cpu"), dtype=settings["load_dtype"])
+    tokenizer.padding_side = "right"
+    peft_config = lora_config(train["lora"]) if lora else None
     callbacks = [FiniteLossCallback("fine-tuning")]
     tracker = None
     resume = last_checkpoint(ckpt_dir)
     if spec.get("track_forgetting"):
-        # The reference is the model as loaded, copied before SFTTrainer (and PEFT) wrap or train it.
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if _zero3():  # a partitioned model cannot be copied: load the reference partitioned too (every process)
+            ref_model, _ = load_causal_lm(model_dir, spec.get("device", "cpu"), dtype=settings["load_dtype"])
+            ref_model.eval().requires_grad_(False)
+        else:  # the model as loaded, copied before SFTTrainer (and PEFT) wrap or train it
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         tracker = _tracker(spec, ref_model, tokenizer, ckpt_dir / "tracking.csv")
-        if resume is None:
-            tracker.truncate_after(-1)  # a fresh start: no stale rows from an older run
-        else:
-            tracker.truncate_after(int(Path(resume).name.split("-")[-1]))
+        if main:  # the CSV is the main process's; the tracker reads it on every process when training begins
+            tracker.truncate_after(-1 if resume is None else int(Path(resume).name.split("-")[-1]))
+        args.distributed_state.wait_for_everyone()  # ... after this truncation
         callbacks.append(tracker)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(sft_rows(spec["dataset"])),
         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
-    if resume:
+    if tracker is not None and _zero3():
+        from trl.models.utils import prepare_deepspeed
+
+        # the partitioned reference runs its forward passes through a DeepSpeed engine of its own, as TRL's
+        # reference models do
+        tracker.ref_model = prepare_deepspeed(tracker.ref_model, trainer.accelerator)
+    if resume and main:
         print(f"resuming from {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
-    trained = trainer.model
     summary = {"steps": trainer.state.global_step, "resumed_from": resume,
                "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
-               "precision": precision_record(trained, settings)}
-    if peft_config is not None:
-        trained = trained.merge_and_unload()
-    trained = trained.to(save_dtype)
-    summary["save_dtype"] = str(trained.dtype).removeprefix("torch.")
+               "precision": precision_record(trainer.model, settings), "processes": args.world_size,
+               "save_dtype": str(save_dtype).removeprefix("torch.")}
     if tracker is not None:  # the exact sampling of the tracked completions (frpo.generation.generation_record)
         summary["tracking_generation"] = tracker.generation
-    with atomic_dir(out_dir) as tmp:
-        trained.save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
-        if tracker is not None:
-            shutil.copy(ckpt_dir / "tracking.csv", tmp / "tracking.csv")
-        else:  # no tracker configured: a header-only table, so every fine-tuning run has the same outputs
-            (tmp / "tracking.csv").write_text("step\n")
-        with open(tmp / "train_log.jsonl", "w") as f:
-            for h in trainer.state.log_history:
-                f.write(json.dumps(h) + "\n")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Every process saves: under ZeRO-3 and FSDP this gathers the sharded weights (a collective); the main process
+    # alone writes them (the adapter, for LoRA).
+    saved_dir = ckpt_dir / "final-model"
+    if main:  # nothing left from a run killed while writing it
+        shutil.rmtree(saved_dir, ignore_errors=True)
+    trainer.save_model(str(saved_dir))
+    if main:
+        trained = _saved_model(saved_dir, model_dir, lora, settings["load_dtype"], save_dtype)
+        with atomic_dir(out_dir) as tmp:
+            trained.save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+            if tracker is not None:
+                shutil.copy(ckpt_dir / "tracking.csv", tmp / "tracking.csv")
+            else:  # no tracker configured: a header-only table, so every fine-tuning run has the same outputs
+                (tmp / "tracking.csv").write_text("step\n")
+            with open(tmp / "train_log.jsonl", "w") as f:
+                for h in trainer.state.log_history:
+                    f.write(json.dumps(h) + "\n")
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(saved_dir, ignore_errors=True)
+    args.distributed_state.wait_for_everyone()  # out_dir is complete before any process returns
     return summary

@@ -20,8 +20,13 @@ The columns, in order, are :func:`fields` of the probe names. ``train_loss`` is 
 very step (the tracker forces a log at its steps and measures from the log hook, which runs after the step's
 loss is known and before its checkpoint is saved). Rows go to a tidy CSV, one row per measurement; a CSV written
 with other columns (other probes) is refused rather than mixed. The sampling RNG is forked (CPU and the current
-CUDA device) and seeded per step, so tracking neither perturbs training nor depends on it. Under several
-processes only the main process measures and writes; every process logs at a tracking step.
+CUDA device) and seeded per step, so tracking neither perturbs training nor depends on it.
+
+Under several processes every process measures, at the same steps and identically (the same prompts, seeds and
+weights), since the forward passes of a sharded model (ZeRO-3, FSDP) are collectives that all processes must take
+part in; only the main process asks the judges, writes the row and prints it. Which steps are due is decided
+from memory, identically everywhere: the steps in the CSV when training begins (read by every process before
+the main one appends, a barrier between them), plus every step measured since.
 """
 
 from __future__ import annotations
@@ -123,6 +128,7 @@ class ForgettingTracker(TrainerCallback):
         self.seed, self.batch_size = seed, batch_size
         self._last_loss: tuple[int, float] | None = None  # (step, loss) of the newest training log
         self._pending: int | None = None  # a step whose measurement waits for that step's log
+        self._measured: set[int] | None = None  # steps measured (None: read them from the CSV when next asked)
         self.generation: dict | None = None  # the generation configs of the latest measurement (for the summary)
 
     # -- bookkeeping, resumable --------------------------------------------------------------------------------
@@ -141,10 +147,16 @@ class ForgettingTracker(TrainerCallback):
         return rows
 
     def _measured_steps(self) -> set[int]:
-        return {int(r["step"]) for r in self._rows()}
+        """The steps measured: read from the CSV the first time they are asked for after training begins or
+        the CSV is truncated, then kept in memory (see the module docstring)."""
+        if self._measured is None:
+            self._measured = {int(r["step"]) for r in self._rows()}
+        return self._measured
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows measured after ``step`` (on resume from checkpoint-``step`` they are measured again)."""
+        """Drop rows measured after ``step`` (on resume from checkpoint-``step`` they are measured again).
+        Under several processes only the main process calls this, before training (the CSV is its file)."""
+        self._measured = None
         if not self.csv_path.is_file():
             return
         self._write([r for r in self._rows() if int(r["step"]) <= step], mode="w")
@@ -160,9 +172,11 @@ class ForgettingTracker(TrainerCallback):
             writer.writerows(rows)
 
     # -- the measurement ---------------------------------------------------------------------------------------
-    def measure(self, model, step: int, train_loss: float | None = None) -> dict:
+    def measure(self, model, step: int, train_loss: float | None = None, write: bool = True) -> dict:
         """Measure ``model`` at ``step`` (``train_loss``: that step's logged loss, if any), append the row to the
-        CSV and return it."""
+        CSV and return it. With ``write=False`` (the processes other than the main one) the generation and the
+        forward passes run all the same, but no judge is asked and nothing is written or printed: the row
+        returned holds the KL columns only."""
         start = time.perf_counter()
         prompts = [prompt for probe in self.probes for prompt in probe.prompts]
         bounds, at = {}, 0
@@ -188,6 +202,9 @@ class ForgettingTracker(TrainerCallback):
                      "kl_per_sequence_sampled": float(k3.sum(dim=1).mean())}
         for probe in self.probes:
             row[f"kl_{probe.name}_sampled"] = per_token(bounds[probe.name])
+        if not write:
+            self._measured_steps().add(step)
+            return row
         for probe in self.probes:
             scores = list(probe.judge.score(probe.prompts, greedy.texts[bounds[probe.name]]))
             if len(scores) != len(probe.prompts):
@@ -202,6 +219,7 @@ class ForgettingTracker(TrainerCallback):
         row["train_loss"] = "" if train_loss is None else train_loss
         row["seconds"] = round(time.perf_counter() - start, 3)
         self._write([row])
+        self._measured_steps().add(step)
         rewards = "  ".join(f"{p.name} (greedy) {row[f'{p.name}_reward_greedy']:.3f}" for p in self.probes)
         print(f"[track] step {step}: kl/token (sampled) {row['kl_per_token_sampled']:.4f}  {rewards}", flush=True)
         return row
@@ -209,19 +227,22 @@ class ForgettingTracker(TrainerCallback):
     # -- TrainerCallback hooks ---------------------------------------------------------------------------------
     # The Trainer calls on_step_end, then logs (on_log), then saves a checkpoint. A measurement due at step s is
     # therefore made from on_log, with the loss of step s, and before checkpoint s exists: a run resumed from
-    # checkpoint s already has row s. Only the main process measures and writes.
+    # checkpoint s already has row s. Every process measures at the same steps; only the main one writes.
     def _due(self, state) -> bool:
-        return state.is_world_process_zero and state.global_step not in self._measured_steps()
+        return state.global_step not in self._measured_steps()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._pending = None
+        self._measured = None
+        self._measured_steps()  # every process reads the CSV ...
+        _barrier()  # ... before the main process appends to it, so all agree on which steps are due
         if self._due(state):
-            self.measure(model, state.global_step)
+            self.measure(model, state.global_step, write=state.is_world_process_zero)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_steps == 0:
             # on_log then fires at this step, with this step's loss. Every process logs (the Trainer gathers the
-            # loss across processes when it logs), only the main one measures.
+            # loss across processes when it logs) and measures.
             control.should_log = True
             if self._due(state):
                 self._pending = state.global_step
@@ -230,12 +251,22 @@ class ForgettingTracker(TrainerCallback):
         if logs and "loss" in logs:
             self._last_loss = (state.global_step, float(logs["loss"]))
         if self._pending is not None and self._pending == state.global_step and self._due(state):
-            self.measure(model, state.global_step, self._loss_at(state.global_step))
+            self.measure(model, state.global_step, self._loss_at(state.global_step),
+                         write=state.is_world_process_zero)
         self._pending = None
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self._due(state):
-            self.measure(model, state.global_step, self._loss_at(state.global_step))
+            self.measure(model, state.global_step, self._loss_at(state.global_step),
+                         write=state.is_world_process_zero)
 
     def _loss_at(self, step: int) -> float | None:
         return self._last_loss[1] if self._last_loss is not None and self._last_loss[0] == step else None
+
+
+def _barrier() -> None:
+    """Wait for every process of the job (nothing to wait for in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
