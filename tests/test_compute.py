@@ -178,3 +178,43 @@ def test_the_schema_refuses_unknown_stages_and_strategies_by_the_lookups_names()
     bad = paper()
     bad["compute"]["sizes"]["7b"]["rl"]["strategy"] = "zero9"
     _invalid(bad, r"compute\.sizes\.7b\.rl\.strategy: 'zero9' is not one of \['ddp', 'zero2', 'zero3', 'fsdp'\]")
+
+
+def test_a_launcher_killed_with_sigkill_takes_its_processes_with_it(tmp_path):
+    """torchrun starts its workers in sessions of their own: without frpo.launch.die_with_launcher, a `kill -9` of
+    the launcher's process group would leave them running (and, in training, writing checkpoints)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = dict(os.environ, FRPO_ACCELERATE_CONFIGS=str(ROOT / "config" / "accelerate"))
+    proc = subprocess.Popen([sys.executable, "-m", "frpo.cli", "launch", "--processes", "2", "--strategy", "ddp",
+                             "--", str(ROOT / "tests" / "distributed" / "sleeper.py"), str(tmp_path)],
+                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("pid*"))) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the two processes never started"
+            time.sleep(0.2)
+        pids = [int(p.read_text()) for p in tmp_path.glob("pid*")]
+        assert all(os.getpgid(pid) != proc.pid for pid in pids), "torchrun's workers have their own sessions"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.time() + 20
+    while any(alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in pids if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "processes outlived their launcher"

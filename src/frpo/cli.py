@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .launch import die_with_launcher
+
+    die_with_launcher()  # a process of `frpo launch` never outlives its launcher
     args = build_parser().parse_args(argv)
     return args.func(args)
 

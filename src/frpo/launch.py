@@ -21,7 +21,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["accelerate_command", "launch", "main_port", "strategy_file", "target_command"]
+__all__ = ["accelerate_command", "die_with_launcher", "launch", "main_port", "strategy_file", "target_command"]
+
+
+def die_with_launcher() -> None:
+    """In a process that ``accelerate launch`` started: die when the launcher dies. torchrun starts its workers in
+    sessions of their own, so a launcher killed with SIGKILL (a user's ``kill -9`` of snakemake's process group, an
+    out-of-memory kill) would leave them training and writing into the checkpoint directory that the rerun resumes
+    from. Linux's parent-death signal kills them with it. (Under SLURM the job's cgroup is killed whole anyway.)"""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the signal was armed
+        os._exit(1)
 
 
 def strategy_file(strategy: str) -> Path:
