@@ -350,8 +350,12 @@ def optimal_lambda(
     def f(log_lam: float) -> float:
         return _dual_objective(math.exp(log_lam), neg_rewards, log_counts, rho)
 
+    return math.exp(golden_section_min(f, math.log(lam_min), math.log(lam_max), tol))
+
+
+def golden_section_min(f, a: float, b: float, tol: float) -> float:
+    """The minimiser of a unimodal ``f`` on [a, b], to within ``tol``, by golden-section search."""
     golden = (math.sqrt(5) - 1) / 2
-    a, b = math.log(lam_min), math.log(lam_max)
     c, d = b - golden * (b - a), a + golden * (b - a)
     fc, fd = f(c), f(d)
     while b - a > tol:
@@ -363,4 +367,4 @@ def optimal_lambda(
             a, c, fc = c, d, fd
             d = a + golden * (b - a)
             fd = f(d)
-    return math.exp((a + b) / 2)
+    return (a + b) / 2
