@@ -32,6 +32,22 @@ def test_lambda_star_from_std_and_from_rewards(tmp_path, capsys):
     assert 0.0 < result["optimal_lambda"] < 1.0
 
 
+def test_the_floor_command_reads_rewards_per_prompt_and_names_a_bad_line(tmp_path, capsys):
+    rewards = tmp_path / "rewards.jsonl"
+    rewards.write_text("\n".join(json.dumps([1.0] * 7 + [0.0] * 3) for _ in range(4)) + "\n")
+    assert main(["floor", "--rewards", str(rewards), "--rho", "0.01", "0.1", "--no-jackknife"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompts"] == 4 and [r["rho"] for r in out["floor"]] == [0.01, 0.1]
+    first, second = out["floor"]
+    assert 0.0 < second["floor"] < first["floor"] < 0.7 == pytest.approx(first["mean_reward"])
+    assert main(["floor", "--rewards", str(rewards), "--rho", "0.1", "--n-boot", "10"]) == 0
+    banded = json.loads(capsys.readouterr().out)["floor"][0]
+    assert banded["lo"] <= banded["floor"] <= banded["hi"]
+    rewards.write_text(json.dumps([0.5, 0.2]) + "\n" + json.dumps({"r": 1}) + "\n")
+    with pytest.raises(SystemExit, match=r"rewards\.jsonl:2: expected a non-empty list of numbers"):
+        main(["floor", "--rewards", str(rewards), "--rho", "0.1"])
+
+
 def test_lambda_select_reads_the_final_within_group_std(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     stds = [0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]

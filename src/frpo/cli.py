@@ -149,6 +149,28 @@ def _cmd_lambda_star(a):
     return _print(result)
 
 
+def _cmd_floor(a):
+    from .floor import floor_band, floor_curve
+
+    lines = Path(a.rewards).read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"floor: {a.rewards}:{i}: not JSON ({err})") from err
+        if not isinstance(row, list) or not row or not all(isinstance(v, (int, float)) for v in row):
+            raise SystemExit(f"floor: {a.rewards}:{i}: expected a non-empty list of numbers (one prompt's rewards)")
+        rows.append(row)
+    if not rows:
+        raise SystemExit(f"floor: {a.rewards}: no prompts")
+    opts = {"jackknife": not a.no_jackknife}
+    curve = floor_band(rows, a.rho, n_boot=a.n_boot, **opts) if a.n_boot else floor_curve(rows, a.rho, **opts)
+    return _print({"rewards": a.rewards, "prompts": len(rows), "jackknife": opts["jackknife"], "floor": curve})
+
+
 def _cmd_launch(a):
     from .launch import launch
 
@@ -198,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("--rho", {"type": float, "required": True, "help": "KL budget ρ > 0"}),
         ("--std", {"type": float, "help": "within-prompt reward std: λ* = std/sqrt(2ρ)"}),
         ("--rewards", {"help": "JSONL file, one list of sampled rewards per prompt: numeric optimum"}))
+    add("floor", _cmd_floor, "the forgetting floor: the lowest mean reward of any model within KL ρ (frpo.floor)",
+        ("--rewards", {"required": True, "help": "JSONL, one list of rewards sampled from the model per prompt"}),
+        ("--rho", {"type": float, "nargs": "+", "required": True, "help": "KL budgets ρ > 0 (sequence level)"}),
+        ("--n-boot", {"type": int, "default": 0, "help": "bootstrap resamples for a 95%% band (0: none)"}),
+        ("--no-jackknife", {"action": "store_true", "help": "the plug-in estimate (biased high at few samples)"}))
     add("launch", _cmd_launch, "run a stage on several processes with accelerate (DDP, DeepSpeed ZeRO or FSDP)",
         ("--processes", {"type": int, "required": True, "help": "processes in all (GPUs x nodes)"}),
         ("--nodes", {"type": int, "default": 1, "help": "nodes of the SLURM allocation"}),
