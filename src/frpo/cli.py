@@ -171,6 +171,21 @@ def _cmd_floor(a):
     return _print({"rewards": a.rewards, "prompts": len(rows), "jackknife": opts["jackknife"], "floor": curve})
 
 
+def _cmd_cost(a):
+    import yaml
+
+    from .config import validate_config
+    from .cost import cost_rows, cost_table
+
+    config = validate_config(yaml.safe_load(Path(a.config).read_text()),
+                             Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml",
+                             source=a.config)
+    if a.json:
+        return _print(cost_rows(config))
+    print(cost_table(config), end="")
+    return 0
+
+
 def _cmd_launch(a):
     from .launch import launch
 
@@ -225,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("--rho", {"type": float, "nargs": "+", "required": True, "help": "KL budgets ρ > 0 (sequence level)"}),
         ("--n-boot", {"type": int, "default": 0, "help": "bootstrap resamples for a 95%% band (0: none)"}),
         ("--no-jackknife", {"action": "store_true", "help": "the plug-in estimate (biased high at few samples)"}))
+    add("cost", _cmd_cost, "jobs and GPU-hours the DAG of a config declares, per track and stage (frpo.cost)",
+        ("--config", {"required": True, "help": "a workflow config, e.g. config/paper.yaml"}),
+        ("--json", {"action": "store_true", "help": "JSON rows instead of a Markdown table"}))
     add("launch", _cmd_launch, "run a stage on several processes with accelerate (DDP, DeepSpeed ZeRO or FSDP)",
         ("--processes", {"type": int, "required": True, "help": "processes in all (GPUs x nodes)"}),
         ("--nodes", {"type": int, "default": 1, "help": "nodes of the SLURM allocation"}),

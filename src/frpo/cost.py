@@ -1,0 +1,69 @@
+"""What a config's DAG declares it will cost: jobs and GPU-hours per experiment (track × stage), from the same
+lookups the rules take their resources from (:mod:`frpo.compute` for training, the evaluation registry for
+evaluations). GPU-hours are each job's GPUs × its declared runtime (first attempt): an upper bound on the SLURM
+time asked for, not a measurement. ``frpo cost --config config/paper.yaml`` prints the table.
+
+λ* runs (``rl.lambda_star``) are counted as one more FRPO run per seed: their λ is only known after GRPO.
+"""
+
+from __future__ import annotations
+
+__all__ = ["cost_rows", "cost_table"]
+
+
+def cost_rows(config: dict) -> list[dict]:
+    """One row per (track, stage): ``{"track", "stage", "jobs", "gpus_per_job", "hours_per_job", "gpu_hours"}``;
+    stages with several placements (LoRA and full fine-tuning) give one row each."""
+    from .compute import job, sft_stage
+    from .config import finetune_settings, ft_seeds, rl_runs, rl_seeds, view
+    from .evals import resources
+    from .runs import parse_setting
+
+    rows: dict[tuple, dict] = {}
+
+    def add(track, stage, n, gpus, minutes):
+        key = (track, stage, gpus, minutes)
+        row = rows.setdefault(key, {"track": track, "stage": stage, "jobs": 0, "gpus_per_job": gpus,
+                                    "hours_per_job": minutes / 60})
+        row["jobs"] += n
+
+    def total_gpus(j):
+        return j.gpus * j.nodes
+
+    for track in config["tracks"]:
+        v = view(config, track)
+        rl_section = v["rl"]
+        lam_star = rl_section.get("lambda_star", {}).get("enabled") and "frpo" in rl_section["algorithms"]
+        n_rl = (len(rl_runs(v)) + (1 if lam_star else 0)) * len(rl_seeds(v))
+        if v["warmup"]["enabled"]:
+            w = job(v, sft_stage(v["warmup"]["train"]["method"]))
+            add(track, "warmup_sft", 1, total_gpus(w), w.runtime)
+        rl = job(v, "rl")
+        add(track, "rl_train", n_rl, total_gpus(rl), rl.runtime)
+        n_ft = 0
+        for setting in finetune_settings(v):
+            j = job(v, sft_stage(parse_setting(setting).method))
+            n = n_rl * len(ft_seeds(v))
+            n_ft += n
+            add(track, f"finetune ({parse_setting(setting).method})", n, total_gpus(j), j.runtime)
+        models = 1 + n_rl + n_ft
+        for bench in v["eval"]["benchmarks"]:
+            res = resources(bench)
+            add(track, f"eval_{bench}", models, res["gpu"] if v["device"] == "cuda" else 0, res["runtime"])
+    out = []
+    for row in rows.values():
+        row["gpu_hours"] = row["jobs"] * row["gpus_per_job"] * row["hours_per_job"]
+        out.append(row)
+    return out
+
+
+def cost_table(config: dict) -> str:
+    """:func:`cost_rows` as a Markdown table, with the total."""
+    rows = cost_rows(config)
+    lines = ["| track | stage | jobs | GPUs per job | hours per job | GPU-hours |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['track']} | {r['stage']} | {r['jobs']} | {r['gpus_per_job']} | "
+                     f"{r['hours_per_job']:g} | {r['gpu_hours']:,.0f} |")
+    total = sum(r["gpu_hours"] for r in rows)
+    lines.append(f"| **total** | | {sum(r['jobs'] for r in rows)} | | | **{total:,.0f}** |")
+    return "\n".join(lines) + "\n"
