@@ -42,10 +42,11 @@ def cost_rows(config: dict) -> list[dict]:
         add(track, "rl_train", n_rl, total_gpus(rl), rl.runtime)
         n_ft = 0
         for setting in finetune_settings(v):
-            j = job(v, sft_stage(parse_setting(setting).method))
+            method = parse_setting(setting).method
+            j = job(v, sft_stage(method))
             n = n_rl * len(ft_seeds(v))
             n_ft += n
-            add(track, f"finetune ({parse_setting(setting).method})", n, total_gpus(j), j.runtime)
+            add(track, f"finetune ({method})", n, total_gpus(j), j.runtime)
         models = 1 + n_rl + n_ft
         for bench in v["eval"]["benchmarks"]:
             res = resources(bench)

@@ -42,9 +42,10 @@ def _rewards(rewards_by_prompt) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(groups), ids
 
 
-def _dual(rewards: torch.Tensor, ids: torch.Tensor, lam: float, rho: float, jackknife: bool) -> float:
-    """E_x[−λ log E_y e^{−r/λ}] − λρ, with the log-mean-exp of each prompt jackknifed or not."""
-    log_z = _log_mean_and_jackknife(-rewards / lam, group_index(ids), jackknife)
+def _dual(rewards: torch.Tensor, idx, lam: float, rho: float, jackknife: bool) -> float:
+    """E_x[−λ log E_y e^{−r/λ}] − λρ, with the log-mean-exp of each prompt (``idx``: their GroupIndex) jackknifed
+    or not."""
+    log_z = _log_mean_and_jackknife(-rewards / lam, idx, jackknife)
     return float(-lam * log_z.mean() - lam * rho)
 
 
@@ -60,19 +61,20 @@ def floor(rewards_by_prompt: Sequence[Sequence[float]], rho: float, *, jackknife
     if not (math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho (KL budget ρ) must be > 0, got {rho}")
     rewards, ids = _rewards(rewards_by_prompt)
+    idx = group_index(ids)  # once: every λ below reuses the prompts' layout
     logs = torch.linspace(math.log(lam_min), math.log(lam_max), grid).tolist()
-    values = [_dual(rewards, ids, math.exp(t), rho, jackknife) for t in logs]
+    values = [_dual(rewards, idx, math.exp(t), rho, jackknife) for t in logs]
     best = max(range(grid), key=values.__getitem__)
     lo, hi = logs[max(best - 1, 0)], logs[min(best + 1, grid - 1)]
-    t = golden_section_min(lambda u: -_dual(rewards, ids, math.exp(u), rho, jackknife), lo, hi, 1e-6)
-    lam = math.exp(t) if _dual(rewards, ids, math.exp(t), rho, jackknife) >= values[best] else math.exp(logs[best])
+    t = golden_section_min(lambda u: -_dual(rewards, idx, math.exp(u), rho, jackknife), lo, hi, 1e-6)
+    lam = math.exp(t) if _dual(rewards, idx, math.exp(t), rho, jackknife) >= values[best] else math.exp(logs[best])
     n_prompts = int(ids.max()) + 1
     mean = float(rewards.new_zeros(n_prompts).index_add(0, ids, rewards).div(
         torch.bincount(ids).to(torch.float64)).mean())
     # λ → 0 gives each prompt's lowest sampled reward: the floor never lies below their mean (nor above the mean)
     worst = float(torch.full((n_prompts,), math.inf, dtype=torch.float64).scatter_reduce(
         0, ids, rewards, reduce="amin").mean())
-    value = min(max(_dual(rewards, ids, lam, rho, jackknife), worst), mean)
+    value = min(max(_dual(rewards, idx, lam, rho, jackknife), worst), mean)
     return {"rho": rho, "floor": value, "lambda": lam, "mean_reward": mean}
 
 
