@@ -1,9 +1,21 @@
 """The safety track (paper §5.1, App. B–C): RL on harmful and benign prompts, then downstream fine-tuning on
-GSM8K-like and Alpaca-like data, with the forgetting tracker watching safety and helpfulness.
+GSM8K(-like) and Alpaca(-like) data, with the forgetting tracker watching safety and helpfulness.
 
 As in the paper (spec §1.2) there are two reward functions: ``safety`` scores completions of harmful prompts with
 the safety judge, ``normal`` scores completions of benign prompts with the helpfulness judge, and each returns
 None for the other task's rows. The CPU demo runs this track on its built-in stand-in data.
+
+Data (``prepare``; the loaders are :mod:`frpo.data.safety_sources`): every key may be a local JSONL file, read as
+configured. Three sources are *prepared* (materialised by the prepare_data rule) instead:
+
+* ``safety_prompts`` as a ``.parquet`` path: the public 2000-prompt RL set (``train_lambda_0.5.parquet``),
+  ``ability`` mapped to ``task`` and split 1950/50 by the public script's stratified ``train_test_split``;
+* ``alpaca: hub:alpaca``: ``tatsu-lab/alpaca`` train, the first 40,000 rows, the first 50 ``eval`` (spec §2.1);
+* ``gsm8k: hub:gsm8k``: ``openai/gsm8k`` "main" train, the answer cut before ``####`` as the public script
+  trains on it (spec §2.2, §5 item 11), ``final`` kept apart, the first 50 ``eval``.
+
+The downstream sets (``arithmetic``, ``alpaca``, ``gsm8k``), the warm-up demonstrations and the judge's labelled
+responses are optional: a config names the ones its runs use.
 """
 
 from __future__ import annotations
@@ -13,23 +25,32 @@ from ..data import SAFETY_PROMPT_FIELDS
 __all__ = ["DATA", "FIGURES", "FINETUNE", "RL_DATA", "WARMUP_DATA", "check", "prepare", "probes", "reward_funcs",
            "rl_dataset"]
 
-#: data key -> the fields every row must have; none of this track's keys is prepared (all are local files)
+#: data key -> the fields every row must have (checked at DAG start for local JSONL files); ``optional`` keys may
+#: be left out of a config, ``hub`` keys accept the ``hub:<name>`` source of the same name. Which sources are
+#: prepared depends on the source, not only the key (:func:`prepared`).
 DATA = {
     "safety_prompts": {"fields": SAFETY_PROMPT_FIELDS},
-    "refusal_demos": {"fields": {"prompt": str, "response": str}},
-    "judge_labelled": {"fields": {"prompt": str, "response": str, "refusal": int, "split": str}},
-    "arithmetic": {"fields": {"question": str, "answer": str, "final": float, "split": str}},
-    "alpaca": {"fields": {"instruction": str, "input": str, "output": str}},
+    "refusal_demos": {"fields": {"prompt": str, "response": str}, "optional": True},
+    "judge_labelled": {"fields": {"prompt": str, "response": str, "refusal": int, "split": str}, "optional": True},
+    "arithmetic": {"fields": {"question": str, "answer": str, "final": float, "split": str}, "optional": True},
+    "alpaca": {"fields": {"instruction": str, "input": str, "output": str}, "optional": True, "hub": True},
+    "gsm8k": {"fields": {"question": str, "answer": str, "final": float, "split": str}, "optional": True,
+              "hub": True},
 }
-#: none of this track's data comes from a hub
-HUB_SOURCES: dict[str, str] = {}
+#: ``hub:<name>`` sources -> their loader in frpo.data.safety_sources (the only code of this track that downloads);
+#: each is accepted by the data key of the same name only
+HUB_SOURCES = {"alpaca": "alpaca_rows", "gsm8k": "gsm8k_rows"}
+HUB_PREFIX = "hub:"
+#: a ``safety_prompts`` source with this suffix is the public RL parquet, prepared into JSONL
+PARQUET_SUFFIX = ".parquet"
 RL_DATA = "safety_prompts"
 #: the warm-up SFT's data key and row format (the demo's π_ref)
 WARMUP_DATA = ("refusal_demos", "chat")
-#: downstream fine-tuning sets: data key -> SFT row format (frpo.sft.sft_rows)
 #: what the forgetting tracker measures (frpo.track.Probe names; finetune.track.n_prompts keys)
 PROBES = ("safety", "helpfulness")
-FINETUNE = {"arithmetic": "gsm8k", "alpaca": "alpaca"}
+#: downstream fine-tuning sets: data key -> SFT row format (frpo.sft.sft_rows); ``arithmetic`` is the demo's
+#: GSM8K-like stand-in, ``gsm8k`` the real set
+FINETUNE = {"arithmetic": "gsm8k", "alpaca": "alpaca", "gsm8k": "gsm8k"}
 #: the judges a config block of this track must name (judges.<key>)
 JUDGES = ("safety", "helpfulness")
 
@@ -55,12 +76,31 @@ FIGURES = {
 }
 
 
-def prepare(key: str, spec: dict) -> list[dict]:
-    raise ValueError(f"safety track: data.{key} is read as configured; nothing prepares it")
-
-
 def prepared(key: str, source: str) -> bool:
-    return False
+    """A ``hub:`` source, or ``safety_prompts`` given as the public parquet; local JSONL files are read as they
+    are."""
+    source = str(source)
+    return source.startswith(HUB_PREFIX) or (key == RL_DATA and source.lower().endswith(PARQUET_SUFFIX))
+
+
+def prepare(key: str, spec: dict) -> tuple[list[dict], dict]:
+    """The rows of data key ``key`` and what preparing them did (counts), from ``spec["data"][key]``."""
+    from ..data import resolve, safety_sources
+
+    src = str(spec["data"][key])
+    if not prepared(key, src):
+        raise ValueError(f"safety track: data.{key}: {src!r} is read as configured; nothing prepares it")
+    if src.startswith(HUB_PREFIX):
+        name = src[len(HUB_PREFIX):]
+        if name not in HUB_SOURCES:
+            raise ValueError(f"data.{key}: unknown hub source {src!r} "
+                             f"(known: {', '.join(HUB_PREFIX + h for h in HUB_SOURCES)})")
+        if name != key:
+            raise ValueError(f"data.{key}: hub source {src!r} is for data.{name}, not data.{key}")
+        rows = getattr(safety_sources, HUB_SOURCES[name])()
+        return rows, {"train": sum(r["split"] == "train" for r in rows),
+                      "eval": sum(r["split"] == "eval" for r in rows)}
+    return safety_sources.safety_prompt_rows(resolve(src))
 
 
 def check(view: dict, source: str) -> None:
