@@ -93,7 +93,7 @@ _DELETE = object()
          r"tracks\.safety\.eval\.benchmarks\.0: 'mmlu_pro' is not a benchmark \(known: .*harmbench"),
         ("finetune.datasets", ["arithmetic", "code"],
          r"tracks\.safety\.finetune\.datasets\.1: 'code' is not a fine-tuning set of track 'safety' "
-         r"\(known: arithmetic, alpaca\)"),
+         r"\(known: arithmetic, alpaca, gsm8k\)"),
         ("finetune.epochs", [0], r"tracks\.safety\.finetune\.epochs\.0: 0 is less than the minimum of 1"),
     ],
 )
@@ -125,7 +125,10 @@ def test_bad_top_level_values_fail_with_the_key_and_the_reason(key, value, messa
 def test_an_unknown_track_is_refused_naming_it():
     config = safety()
     config["tracks"]["vision"] = copy.deepcopy(config["tracks"]["safety"])
-    with pytest.raises(ConfigError, match=r"tracks\.vision: unknown track \(known: math, safety\)"):
+    with pytest.raises(ConfigError, match=r"tracks\.vision: unknown track 'vision' \(known: math, safety; .*kind"):
+        validate_config(config, SCHEMA)
+    config["tracks"]["vision"]["kind"] = "video"
+    with pytest.raises(ConfigError, match=r"tracks\.vision\.kind: unknown track 'video' \(known: math, safety"):
         validate_config(config, SCHEMA)
 
 
@@ -139,13 +142,20 @@ def test_unknown_key_error_lists_the_known_keys():
 
 def test_a_data_key_missing_or_unknown_for_the_track_is_named():
     config = safety()
+    del config["tracks"]["safety"]["data"]["safety_prompts"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.data\.safety_prompts: missing \(track 'safety' needs it\)"):
+        validate_config(config, SCHEMA)
+    config = safety()  # an optional key (a fine-tuning set) may be left out, unless a sweep trains on it
     del config["tracks"]["safety"]["data"]["alpaca"]
-    with pytest.raises(ConfigError, match=r"tracks\.safety\.data\.alpaca: missing \(track 'safety' needs it\)"):
+    validate_config(config, SCHEMA)
+    config["tracks"]["safety"]["finetune"]["datasets"] = ["arithmetic", "alpaca"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.finetune\.datasets\.1: 'alpaca' has no source under "
+                                          r"data\.alpaca"):
         validate_config(config, SCHEMA)
     config = safety()
     config["tracks"]["safety"]["data"]["code"] = "builtin:code_instruct"  # a key of the math track, not this one
     with pytest.raises(ConfigError, match=r"tracks\.safety\.data\.code: not a data key of track 'safety' "
-                                          r"\(known: safety_prompts, .*alpaca\)"):
+                                          r"\(known: safety_prompts, .*alpaca, gsm8k\)"):
         validate_config(config, SCHEMA)
     config = paper()
     del config["tracks"]["math"]["data"]["math500"]  # it filters MATH500 out of the RL data: never optional

@@ -96,7 +96,7 @@ def test_run_name_refuses_what_it_could_not_parse_back():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match=r"'code-lora-lr5e-5' is not <dataset>-<full\|lora>-lr<lr>-ep<epochs>"):
+    with pytest.raises(ValueError, match=r"'code-lora-lr5e-5' is not <dataset>-<full\|lora\|lora_r<N>>-lr<lr>-ep<epochs>"):
         parse_setting("code-lora-lr5e-5")  # no -ep
     with pytest.raises(ValueError, match="is not <dataset>"):
         parse_setting("code-qlora-lr5e-5-ep1")

@@ -159,6 +159,6 @@ def test_fitting_the_demo_classifier_needs_labelled_data_in_the_track():
 
     config = load_config("smoke.yaml")
     config["tracks"]["math"]["judges"] = {"fit_refusal_judge": True}
-    with pytest.raises(ConfigError, match=r"tracks\.math\.judges\.fit_refusal_judge: track 'math' has no "
-                                          "judge_labelled data"):
+    with pytest.raises(ConfigError, match=r"tracks\.math\.judges\.fit_refusal_judge: no data\.judge_labelled to "
+                                          "fit"):
         validate_config(config, ROOT / "workflow" / "schemas" / "config.schema.yaml")

@@ -18,7 +18,8 @@ from .runs import LAMBDA_RE, parse_run, parse_setting, run_name, setting_name
 from .tracks import TRACKS, get_track
 
 __all__ = [
-    "ConfigError", "data_path", "data_spec", "eval_spec", "finetune_settings", "finetune_spec", "ft_seeds",
+    "ConfigError", "data_path", "data_spec", "eval_spec", "evaluated", "experiment_block", "finetune_settings",
+    "finetune_spec", "finetune_sweeps", "ft_seeds", "samples_spec", "sweep_settings", "track_kind",
     "judges_spec", "prepare_spec", "prepared_data", "rl_runs", "rl_seeds", "rl_spec", "run_beta", "run_value",
     "track_names", "validate_config", "view", "warmup_spec",
 ]
@@ -49,7 +50,8 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
         list(STAGES)
     schema["$defs"]["job"]["properties"]["strategy"]["enum"] = list(STRATEGIES)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    errors = sorted(validator.iter_errors(_resolved(config, source)),
+                    key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
         lines = []
         for err in errors[:10]:
@@ -63,17 +65,72 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     return config
 
 
+def _resolved(config: dict, source: str) -> dict:
+    """``config`` with every experiment block's ``extends`` resolved (what the schema checks), when its blocks are
+    mappings (else as it is, for the schema to refuse)."""
+    blocks = config.get("tracks") if isinstance(config, dict) else None
+    if not isinstance(blocks, dict) or not all(isinstance(b, dict) for b in blocks.values()):
+        return config
+    for name, block in blocks.items():
+        if "extends" in block and not isinstance(block["extends"], str):
+            raise ConfigError(f"{source}: tracks.{name}.extends: the name of another block under tracks, got "
+                              f"{block['extends']!r}")
+    return {**config, "tracks": {name: experiment_block(config, name, source) for name in blocks}}
+
+
 def track_names(config: dict) -> list[str]:
-    """The tracks a config runs, in the order it lists them."""
+    """The experiments a config runs (its ``tracks:`` blocks), in the order it lists them."""
     return list(config["tracks"])
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` deep-merged onto ``base``: mappings merge key by key, anything else (lists included) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def experiment_block(config: dict, name: str, source: str = "config") -> dict:
+    """Block ``name`` of ``config["tracks"]`` with its ``extends`` chain resolved: each ``extends: OTHER`` block is
+    deep-merged onto OTHER's resolved block (mappings merge key by key; lists and values replace), so a variant
+    (another model, another sweep) writes only what differs. Unknown or circular ``extends`` are refused."""
+    blocks = config["tracks"]
+    chain, at = [], name
+    while at is not None:
+        if at in chain:
+            raise ConfigError(f"{source}: tracks.{name}.extends: circular ({' -> '.join([*chain, at])})")
+        if at not in blocks:
+            raise ConfigError(f"{source}: tracks.{chain[-1]}.extends: no block {at!r} under tracks "
+                              f"(known: {', '.join(blocks)})")
+        chain.append(at)
+        at = blocks[at].get("extends")
+    out: dict = {}
+    for block in reversed(chain):
+        out = _merge(out, {k: v for k, v in blocks[block].items() if k != "extends"})
+    return out
+
+
+def track_kind(config: dict, name: str) -> str:
+    """The track (module of :mod:`frpo.tracks`) that experiment ``name`` is an instance of: its ``kind``, else
+    its name."""
+    return experiment_block(config, name).get("kind", name)
+
+
 def view(config: dict, track: str) -> dict:
-    """Track ``track`` of ``config`` as one flat section: the shared keys (name, device, seed, precision), the
-    track's own block, ``track`` (its name) and ``results`` (its results directory)."""
+    """Experiment ``track`` of ``config`` (a block under ``tracks:``) as one flat section: the shared keys (name,
+    device, seed, precision, compute, logging), the block with its ``extends`` resolved, ``experiment`` (the
+    block's name, which names its results directory and its rows in the tidy tables), ``track`` (the track
+    module it is an instance of: ``kind``, default its name) and ``results`` (its results directory)."""
     out = {k: config[k] for k in ("name", "device", "seed", "precision", "compute", "logging") if k in config}
-    out.update(copy.deepcopy(config["tracks"][track]))
-    out["track"] = track
+    block = experiment_block(config, track)
+    out.update(block)
+    out.pop("kind", None)
+    out["experiment"] = track
+    out["track"] = block.get("kind", track)
     out["results"] = f"results/{config['name']}/{track}"
     out.setdefault("warmup", {"enabled": False})
     out.setdefault("judges", {})
@@ -106,6 +163,8 @@ def _check_data(view: dict, where: str, source: str) -> None:
                               f"(known: {', '.join(track.DATA)})")
     for key, spec in track.DATA.items():
         if key not in data:
+            if spec.get("optional"):
+                continue
             raise ConfigError(f"{source}: {where}.data.{key}: missing (track {view['track']!r} needs it)")
         src = str(data[key])
         if src.startswith("hub:"):
@@ -114,6 +173,10 @@ def _check_data(view: dict, where: str, source: str) -> None:
             if src[len("hub:"):] not in track.HUB_SOURCES:
                 raise ConfigError(f"{source}: {where}.data.{key}: unknown hub source {src!r} (known: "
                                   f"{', '.join('hub:' + h for h in track.HUB_SOURCES)})")
+            continue
+        if src.endswith(".parquet") and track.prepared(key, src):  # prepare_data converts it, naming bad rows
+            if not Path(src).is_file():
+                raise ConfigError(f"{source}: {where}.data.{key}: {src!r} is not a file")
             continue
         try:
             read_jsonl(resolve(src), required=spec["fields"])
@@ -125,10 +188,13 @@ def _check_track(config: dict, name: str, source: str) -> None:
     from .evals import check_eval_config
 
     where = f"tracks.{name}"
-    if name not in TRACKS:
-        raise ConfigError(f"{source}: {where}: unknown track (known: {', '.join(sorted(TRACKS))})")
+    kind = track_kind(config, name)
+    if kind not in TRACKS:
+        key = f"{where}.kind" if kind != name else where
+        raise ConfigError(f"{source}: {key}: unknown track {kind!r} (known: {', '.join(sorted(TRACKS))}; a block "
+                          "named otherwise says which with kind: <track>)")
     v = view(config, name)
-    track = get_track(name)
+    track = get_track(kind)
     _check_data(v, where, source)
     rl = v["rl"]
     for i, lam in enumerate(rl["lambdas"]):
@@ -147,24 +213,38 @@ def _check_track(config: dict, name: str, source: str) -> None:
                           "(epochs over the training prompts, as the paper states its schedule)")
     _check_batches(v, where, source)
     ft = v["finetune"]
-    for i, dataset in enumerate(ft["datasets"]):
+    _check_sweeps(v, where, source)
+    for dataset in ft.get("recipes", {}):
         if dataset not in track.FINETUNE:
-            raise ConfigError(f"{source}: {where}.finetune.datasets.{i}: {dataset!r} is not a fine-tuning set of "
-                              f"track {name!r} (known: {', '.join(track.FINETUNE)})")
-    for i, lr in enumerate(ft["learning_rates"]):
-        if not float(lr) > 0:
-            raise ConfigError(f"{source}: {where}.finetune.learning_rates.{i}: must be > 0, got {lr!r}")
+            raise ConfigError(f"{source}: {where}.finetune.recipes.{dataset}: not a fine-tuning set of track "
+                              f"{kind!r} (known: {', '.join(track.FINETUNE)})")
+    for fig in v.get("figures", []):
+        if fig not in track.FIGURES:
+            raise ConfigError(f"{source}: {where}.figures: {fig!r} is not a figure or table of track {kind!r} "
+                              f"(known: {', '.join(track.FIGURES)})")
+    _check_eval_models(v, where, source)
+    if name == "figures":
+        raise ConfigError(f"{source}: {where}: the name 'figures' is reserved (results/<name>/figures/ holds the "
+                          "figures drawn over several experiments)")
+    for fig in v.get("figures", list(track.FIGURES)):
+        if "rewards" in track.FIGURES[fig]["tables"] and "floor" not in v:
+            raise ConfigError(f"{source}: {where}.floor: missing ({fig} reads the RL models' sampled rewards; give "
+                              "floor: {samples, max_new_tokens}, or leave the figure out of figures)")
+    if "floor" in v and not (ft.get("track") or {}).get("n_prompts"):
+        raise ConfigError(f"{source}: {where}.floor: the floor samples the tracker's probes; set finetune.track")
     probes = (ft.get("track") or {}).get("n_prompts", {})
     for probe in probes:
         if probe not in track.PROBES:
-            raise ConfigError(f"{source}: {where}.finetune.track.n_prompts.{probe}: not a probe of track {name!r} "
+            raise ConfigError(f"{source}: {where}.finetune.track.n_prompts.{probe}: not a probe of track {kind!r} "
                               f"(its probes: {', '.join(track.PROBES)})")
     if probes and set(probes) != set(track.PROBES):
         missing = [p for p in track.PROBES if p not in probes]
         raise ConfigError(f"{source}: {where}.finetune.track.n_prompts: missing {', '.join(missing)} (the tracker "
-                          f"measures every probe of track {name!r})")
+                          f"measures every probe of track {kind!r})")
     if v["warmup"]["enabled"] and not getattr(track, "WARMUP_DATA", None):
-        raise ConfigError(f"{source}: {where}.warmup.enabled: track {name!r} has no warm-up data")
+        raise ConfigError(f"{source}: {where}.warmup.enabled: track {kind!r} has no warm-up data")
+    if v["warmup"]["enabled"] and track.WARMUP_DATA[0] not in v["data"]:
+        raise ConfigError(f"{source}: {where}.data.{track.WARMUP_DATA[0]}: missing (the warm-up trains on it)")
     if v["warmup"]["enabled"] and "train" not in v["warmup"]:
         raise ConfigError(f"{source}: {where}.warmup.train: missing (the warm-up is enabled)")
     model = v["model"]
@@ -173,9 +253,9 @@ def _check_track(config: dict, name: str, source: str) -> None:
         raise ConfigError(f"{source}: {where}.model.{source_kind}: missing (model.source is {source_kind!r})")
     if source_kind == "local" and not Path(model["local"]["path"]).is_dir():
         raise ConfigError(f"{source}: {where}.model.local.path: {model['local']['path']!r} is not a directory")
-    if v["judges"].get("fit_refusal_judge") and "judge_labelled" not in track.DATA:
-        raise ConfigError(f"{source}: {where}.judges.fit_refusal_judge: track {name!r} has no judge_labelled data "
-                          "to fit the demo's refusal classifier on")
+    if v["judges"].get("fit_refusal_judge") and "judge_labelled" not in v["data"]:
+        raise ConfigError(f"{source}: {where}.judges.fit_refusal_judge: no data.judge_labelled to fit the demo's "
+                          "refusal classifier on")
     track.check(v, source)
     # the benchmarks check their own sections: names, data files, judges and their credentials (frpo.evals)
     check_eval_config(v["eval"], where, source)
@@ -203,7 +283,8 @@ def _check_batches(v: dict, where: str, source: str) -> None:
         raise ConfigError(f"{source}: {where}.rl.prompts_per_step: {rl['prompts_per_step']} is not a multiple of "
                           f"gradient_accumulation_steps × processes = {shards} (compute.sizes."
                           f"{v['model'].get('size')}.rl): every micro-batch of every process holds whole groups")
-    sft = [("finetune", v["finetune"], m) for m in v["finetune"]["methods"]]
+    methods = dict.fromkeys(parse_setting(s).method for s in finetune_settings(v))
+    sft = [("finetune", v["finetune"], m) for m in methods]
     if v["warmup"]["enabled"] and "train" in v["warmup"]:  # (a warm-up without train is refused below)
         sft.append(("warmup.train", v["warmup"]["train"], v["warmup"]["train"]["method"]))
     for key, section, method in sft:
@@ -305,11 +386,98 @@ def ft_seeds(view: dict) -> list[int]:
     return list(view["finetune"].get("seeds", [view["seed"]]))
 
 
-def finetune_settings(view: dict) -> list[str]:
-    """The fine-tuning setting names: ``<dataset>-<method>-lr<lr>-ep<epochs>`` over the configured sweep."""
+def finetune_sweeps(view: dict) -> list[dict]:
+    """The fine-tuning sweeps: ``finetune.sweeps``, or the one sweep that ``finetune``'s own datasets, methods,
+    learning_rates and epochs describe (over every RL run)."""
     ft = view["finetune"]
-    return [setting_name(d, m, lr, ep)
-            for d, m, lr, ep in product(ft["datasets"], ft["methods"], ft["learning_rates"], ft["epochs"])]
+    if "sweeps" in ft:
+        return [dict(s) for s in ft["sweeps"]]
+    return [{k: ft[k] for k in ("datasets", "methods", "learning_rates", "epochs")}]
+
+
+def sweep_settings(sweep: dict) -> list[str]:
+    """The settings of one sweep: its grid, or ``sample.n`` of them drawn with ``sample.seed`` (without
+    replacement; the draw is listed in grid order, so it does not depend on the order of the draw)."""
+    grid = [setting_name(d, m, lr, ep) for d, m, lr, ep in product(sweep["datasets"], sweep["methods"],
+                                                                   sweep["learning_rates"], sweep["epochs"])]
+    sample = sweep.get("sample")
+    if not sample or sample["n"] >= len(grid):
+        return grid
+    import random
+
+    picked = set(random.Random(sample["seed"]).sample(range(len(grid)), sample["n"]))
+    return [s for i, s in enumerate(grid) if i in picked]
+
+
+def finetune_settings(view: dict, run: str | None = None, rl_seed: int | None = None) -> list[str]:
+    """The fine-tuning setting names (``<dataset>-<method>-lr<lr>-ep<epochs>``) of RL run ``run`` with seed
+    ``rl_seed``: the union of the sweeps that cover it, each setting once, in sweep order. With no run, every
+    setting of every sweep."""
+    out: dict[str, None] = {}
+    for sweep in finetune_sweeps(view):
+        if run is not None and "runs" in sweep and run not in sweep["runs"]:
+            continue
+        if rl_seed is not None and "rl_seeds" in sweep and rl_seed not in sweep["rl_seeds"]:
+            continue
+        out.update(dict.fromkeys(sweep_settings(sweep)))
+    return list(out)
+
+
+def _check_sweeps(v: dict, where: str, source: str) -> None:
+    """Each sweep names fine-tuning sets of the track that the config provides, learning rates > 0, RL runs and
+    seeds the config trains, and a sample no larger than its grid."""
+    track = get_track(v["track"])
+    runs, seeds = rl_runs(v), rl_seeds(v)
+    lam_star = v["rl"].get("lambda_star", {}).get("enabled")
+    in_sweeps = "sweeps" in v["finetune"]
+    for i, sweep in enumerate(finetune_sweeps(v)):
+        key = f"{where}.finetune.sweeps.{i}" if in_sweeps else f"{where}.finetune"
+        for j, dataset in enumerate(sweep["datasets"]):
+            if dataset not in track.FINETUNE:
+                raise ConfigError(f"{source}: {key}.datasets.{j}: {dataset!r} is not a fine-tuning set of track "
+                                  f"{v['track']!r} (known: {', '.join(track.FINETUNE)})")
+            if dataset not in v["data"]:
+                raise ConfigError(f"{source}: {key}.datasets.{j}: {dataset!r} has no source under data.{dataset}")
+        for j, lr in enumerate(sweep["learning_rates"]):
+            if not float(lr) > 0:
+                raise ConfigError(f"{source}: {key}.learning_rates.{j}: must be > 0, got {lr!r}")
+        for j, run in enumerate(sweep.get("runs", [])):
+            if run not in runs and not (lam_star and run.startswith("frpo_lam")):
+                raise ConfigError(f"{source}: {key}.runs.{j}: {run!r} is not an RL run of this config (its runs: "
+                                  f"{', '.join(runs)})")
+        for j, seed in enumerate(sweep.get("rl_seeds", [])):
+            if seed not in seeds:
+                raise ConfigError(f"{source}: {key}.rl_seeds.{j}: {seed} is not in rl.seeds {seeds}")
+        grid = (len(sweep["datasets"]) * len(sweep["methods"]) * len(sweep["learning_rates"])
+                * len(sweep["epochs"]))
+        if "sample" in sweep and sweep["sample"]["n"] > grid:
+            raise ConfigError(f"{source}: {key}.sample.n: {sweep['sample']['n']} settings from a grid of {grid}")
+
+
+def _check_eval_models(v: dict, where: str, source: str) -> None:
+    """``eval.runs`` names RL runs of the config, ``eval.settings`` fine-tuning settings of its sweeps."""
+    ev = v["eval"]
+    runs, settings = rl_runs(v), finetune_settings(v)
+    for i, run in enumerate(ev.get("runs", [])):
+        if run not in runs:
+            raise ConfigError(f"{source}: {where}.eval.runs.{i}: {run!r} is not an RL run of this config (its runs: "
+                              f"{', '.join(runs)})")
+    for i, setting in enumerate(ev.get("settings", [])):
+        if setting not in settings:
+            raise ConfigError(f"{source}: {where}.eval.settings.{i}: {setting!r} is not a fine-tuning setting of "
+                              f"this config's sweeps")
+
+
+def evaluated(view: dict, target) -> bool:
+    """Whether the evaluations cover model ``target`` (a :class:`frpo.runs.Target`): π_ref always; an RL model
+    when its run is in ``eval.runs`` (default all); a fine-tuned one when, besides, its setting is in
+    ``eval.settings`` (default all)."""
+    ev = view["eval"]
+    if target.stage == "base":
+        return True
+    if "runs" in ev and target.run.name not in ev["runs"]:
+        return False
+    return target.stage == "rl" or "settings" not in ev or target.setting.name in ev["settings"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,7 +508,7 @@ def fits_classifier(view: dict) -> bool:
 
 def prepare_spec(view: dict) -> dict:
     """The base model; a tiny model's word tokenizer is built over the texts of the track's local data files."""
-    local = [str(v) for k, v in view["data"].items() if not str(v).startswith("hub:")]
+    local = [str(v) for k, v in view["data"].items() if k not in prepared_data(view)]
     return {"model": view["model"], "vocab_files": sorted(local)}
 
 
@@ -407,7 +575,7 @@ def finetune_spec(view: dict, setting: str, seed: int, classifier_path: str | No
     from .compute import sft_stage
 
     parsed = parse_setting(setting)
-    ft = view["finetune"]
+    ft = {**view["finetune"], **view["finetune"].get("recipes", {}).get(parsed.dataset, {})}
     train = {k: ft[k] for k in ("batch_size", "max_length", "save_steps", "gradient_accumulation_steps",
                                 "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "max_steps")
              if k in ft}
@@ -415,7 +583,10 @@ def finetune_spec(view: dict, setting: str, seed: int, classifier_path: str | No
     train["gradient_accumulation_steps"] = per_process_accumulation(ft, training["compute"]["processes"])
     train.update(method=parsed.method, learning_rate=parsed.learning_rate, epochs=parsed.epochs)
     if parsed.method == "lora":
-        train["lora"] = ft["lora"]
+        train["lora"] = dict(ft["lora"])
+        if parsed.lora_rank is not None:  # lora_r<N>: rank N, alpha scaled to keep finetune.lora's alpha / r
+            alpha = ft["lora"]["alpha"] * parsed.lora_rank / ft["lora"]["r"]
+            train["lora"].update(r=parsed.lora_rank, alpha=int(alpha) if alpha == int(alpha) else alpha)
     fmt = get_track(view["track"]).FINETUNE[parsed.dataset]
     return {
         **training,
@@ -424,6 +595,21 @@ def finetune_spec(view: dict, setting: str, seed: int, classifier_path: str | No
         "train": train, "track_forgetting": ft.get("track"), "judges": judges_spec(view, classifier_path),
         "reward": view.get("reward", {}), "data": _stage_data(view),
     }
+
+
+def samples_spec(view: dict, classifier_path: str | None) -> dict:
+    """What ``frpo sample-rewards`` needs to sample ``floor.samples`` completions of each probe's held-out prompts
+    from an RL model and score them (the forgetting floor's and λ*'s input): the probes (finetune.track), their
+    judges, and the sampling settings."""
+    floor = view["floor"]
+    samples = {"n": floor["samples"], "temperature": floor.get("temperature", 1.0), "top_p": floor.get("top_p", 1.0),
+               "max_new_tokens": floor["max_new_tokens"], "batch_size": floor.get("batch_size", 16)}
+    out = {"track": view["track"], "device": view["device"], "seed": view["seed"], "data": _stage_data(view),
+           "judges": judges_spec(view, classifier_path), "reward": view.get("reward", {}),
+           "track_forgetting": view["finetune"]["track"], "samples": samples}
+    if "precision" in view:
+        out["precision"] = view["precision"]
+    return out
 
 
 def eval_spec(view: dict, classifier_path: str | None) -> dict:

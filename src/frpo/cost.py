@@ -15,9 +15,9 @@ def cost_rows(config: dict) -> list[dict]:
     """One row per (track, stage): ``{"track", "stage", "jobs", "gpus_per_job", "hours_per_job", "gpu_hours"}``;
     stages with several placements (LoRA and full fine-tuning) give one row each."""
     from .compute import job, sft_stage
-    from .config import finetune_settings, ft_seeds, rl_runs, rl_seeds, view
+    from .config import evaluated, finetune_settings, ft_seeds, rl_runs, rl_seeds, view
     from .evals import resources
-    from .runs import parse_setting
+    from .runs import Target
 
     rows: dict[tuple, dict] = {}
 
@@ -33,24 +33,27 @@ def cost_rows(config: dict) -> list[dict]:
     for track in config["tracks"]:
         v = view(config, track)
         rl_section = v["rl"]
-        lam_star = rl_section.get("lambda_star", {}).get("enabled") and "frpo" in rl_section["algorithms"]
-        n_rl = (len(rl_runs(v)) + (1 if lam_star else 0)) * len(rl_seeds(v))
+        runs = list(rl_runs(v))
+        if rl_section.get("lambda_star", {}).get("enabled") and "frpo" in rl_section["algorithms"]:
+            runs.append("frpo_lam0.1")  # λ* stands in: its name is only known after GRPO, its cost is an FRPO run's
+        rl_targets = [Target.rl(run, seed) for run in runs for seed in rl_seeds(v)]
+        ft_targets = [Target.ft(t.run.name, t.rl_seed, s, f) for t in rl_targets
+                      for s in finetune_settings(v, t.run.name, t.rl_seed) for f in ft_seeds(v)]
         if v["warmup"]["enabled"]:
             w = job(v, sft_stage(v["warmup"]["train"]["method"]))
             add(track, "warmup_sft", 1, total_gpus(w), w.runtime)
         rl = job(v, "rl")
-        add(track, "rl_train", n_rl, total_gpus(rl), rl.runtime)
-        n_ft = 0
-        for setting in finetune_settings(v):
-            method = parse_setting(setting).method
+        add(track, "rl_train", len(rl_targets), total_gpus(rl), rl.runtime)
+        for t in ft_targets:
+            method = t.setting.method
             j = job(v, sft_stage(method))
-            n = n_rl * len(ft_seeds(v))
-            n_ft += n
-            add(track, f"finetune ({method})", n, total_gpus(j), j.runtime)
-        models = 1 + n_rl + n_ft
+            add(track, f"finetune ({method})", 1, total_gpus(j), j.runtime)
+        if "floor" in v:  # sample_rewards (workflow/rules/track.smk): one GPU, 2 h, per RL model
+            add(track, "sample_rewards", len(rl_targets), 1 if v["device"] == "cuda" else 0, 120)
+        models = [x for x in (Target("base"), *rl_targets, *ft_targets) if evaluated(v, x)]
         for bench in v["eval"]["benchmarks"]:
             res = resources(bench)
-            add(track, f"eval_{bench}", models, res["gpu"] if v["device"] == "cuda" else 0, res["runtime"])
+            add(track, f"eval_{bench}", len(models), res["gpu"] if v["device"] == "cuda" else 0, res["runtime"])
     out = []
     for row in rows.values():
         row["gpu_hours"] = row["jobs"] * row["gpus_per_job"] * row["hours_per_job"]

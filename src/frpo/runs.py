@@ -5,7 +5,7 @@ A model of the pipeline is named by where it sits in the chain, as a *target*:
 * ``ref``: the model RL starts from (π_ref: the base model, or the warm-up model when a track has one);
 * ``rl/<run>/seed<s>``: an RL run (``grpo``, or ``frpo_lam<λ>``) trained with seed ``s`` (merged model);
 * ``ft/<run>/seed<s>/<setting>/seed<f>``: that RL model after the downstream fine-tuning ``setting``
-  (``<dataset>-<full|lora>-lr<lr>-ep<epochs>``) with seed ``f``.
+  (``<dataset>-<full|lora|lora_r<N>>-lr<lr>-ep<epochs>``) with seed ``f``.
 
 Every path of the workflow, the workflow's wildcard constraints, the schema's λ pattern (injected by
 :func:`frpo.config.validate_config`), the collectors that build the tidy tables and the figures use the patterns
@@ -29,13 +29,16 @@ RUN_RE = rf"grpo|frpo_lam{LAMBDA_RE}"
 SEED_RE = r"(?:0|[1-9][0-9]*)"  # no leading zeros: a seed has one name
 #: a learning rate as the config writes it (a canonical number string: 5e-5, 1e-6, 0.0001)
 LR_RE = r"[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?"
-SETTING_RE = rf"[a-z0-9_]+-(full|lora)-lr{LR_RE}-ep[0-9]+"
+#: a fine-tuning method: full, lora (the config's finetune.lora) or lora_r<N> (that LoRA with rank N)
+METHOD_RE = r"full|lora(?:_r[1-9][0-9]*)?"
+SETTING_RE = rf"[a-z0-9_]+-({METHOD_RE})-lr{LR_RE}-ep[0-9]+"
 TRACK_RE = r"[a-z][a-z0-9_]*"
 TARGET_RE = rf"ref|rl/({RUN_RE})/seed{SEED_RE}|ft/({RUN_RE})/seed{SEED_RE}/({SETTING_RE})/seed{SEED_RE}"
 
 # fullmatch everywhere: a name is exactly the pattern (no trailing newline, as "$" would allow)
 _RUN = re.compile(rf"(?:(?P<grpo>grpo)|frpo_lam(?P<lam>{LAMBDA_RE}))")
-_SETTING = re.compile(rf"(?P<dataset>[a-z0-9_]+)-(?P<method>full|lora)-lr(?P<lr>{LR_RE})-ep(?P<epochs>[0-9]+)")
+_SETTING = re.compile(rf"(?P<dataset>[a-z0-9_]+)-(?P<method>full|lora)(?:_r(?P<rank>[1-9][0-9]*))?"
+                      rf"-lr(?P<lr>{LR_RE})-ep(?P<epochs>[0-9]+)")
 _TARGET = re.compile(rf"(?:(?P<ref>ref)|rl/(?P<rl_run>[^/]+)/seed(?P<rl_seed>{SEED_RE})"
                      rf"|ft/(?P<ft_run>[^/]+)/seed(?P<ft_rl_seed>{SEED_RE})/(?P<setting>[^/]+)/seed(?P<ft_seed>{SEED_RE}))")
 
@@ -87,13 +90,15 @@ def parse_run(name: str) -> Run:
 
 @dataclass(frozen=True)
 class Setting:
-    """A downstream fine-tuning setting: data set, method, learning rate (as written) and epochs."""
+    """A downstream fine-tuning setting: data set, method (``full`` or ``lora``), LoRA rank when the name fixes it
+    (``lora_r<N>``; None: the config's finetune.lora), learning rate (as written) and epochs."""
 
     name: str
     dataset: str
     method: str
     lr_text: str
     epochs: int
+    lora_rank: int | None = None
 
     @property
     def learning_rate(self) -> float:
@@ -108,9 +113,10 @@ def setting_name(dataset: str, method: str, lr: str, epochs: int) -> str:
 
 def parse_setting(name: str) -> Setting:
     match = _SETTING.fullmatch(name)
-    if not match:
-        raise ValueError(f"fine-tuning setting {name!r} is not <dataset>-<full|lora>-lr<lr>-ep<epochs>")
-    return Setting(name, match["dataset"], match["method"], match["lr"], int(match["epochs"]))
+    if not match or (match["rank"] and match["method"] != "lora"):
+        raise ValueError(f"fine-tuning setting {name!r} is not <dataset>-<full|lora|lora_r<N>>-lr<lr>-ep<epochs>")
+    return Setting(name, match["dataset"], match["method"], match["lr"], int(match["epochs"]),
+                   int(match["rank"]) if match["rank"] else None)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from frpo.config import (
     data_path,
     data_spec,
     eval_spec,
+    evaluated,
     finetune_settings,
     finetune_spec,
     fits_classifier,
@@ -18,6 +19,7 @@ from frpo.config import (
     rl_runs,
     rl_seeds,
     rl_spec,
+    samples_spec,
     track_names,
     validate_config,
     view,
@@ -35,8 +37,23 @@ RESULTS = f"results/{config['name']}"
 CKPT = f"{RESULTS}/.ckpt"  # training checkpoints: outside every declared output, so a rerun can resume
 LOGS = f"logs/{config['name']}"
 ENV = "../../envs/frpo.yaml"
-TRACKS = track_names(config)
+TRACKS = track_names(config)  # the experiments: blocks under tracks, each an instance of a track module
 VIEWS = {t: view(config, t) for t in TRACKS}
+
+
+def module(track):
+    """The track module (frpo.tracks) that experiment ``track`` is an instance of."""
+    return get_track(VIEWS[track]["track"])
+
+
+def drawn(track):
+    """The figures and tables experiment ``track`` takes part in: its ``figures`` list, default all of its track's."""
+    return VIEWS[track].get("figures", list(module(track).FIGURES))
+
+
+def scope(track, name):
+    """``experiment`` (drawn per experiment) or ``track`` (drawn once over every experiment of the track)."""
+    return module(track).FIGURES[name].get("scope", "experiment")
 
 
 def names(items):
@@ -51,8 +68,9 @@ wildcard_constraints:
     setting=SETTING_RE,
     target=TARGET_RE,  # the model an evaluation reads (eval.smk)
     key=names({k for t in TRACKS for k in prepared_data(VIEWS[t])}),
-    figure=names({f for t in TRACKS for f, s in get_track(t).FIGURES.items() if s["kind"] == "figure"}),
-    table=names({f for t in TRACKS for f, s in get_track(t).FIGURES.items() if s["kind"] == "table"}),
+    kind=names({VIEWS[t]["track"] for t in TRACKS}),
+    figure=names({f for t in TRACKS for f, s in module(t).FIGURES.items() if s["kind"] == "figure"}),
+    table=names({f for t in TRACKS for f, s in module(t).FIGURES.items() if s["kind"] == "table"}),
 
 
 def V(wildcards):
@@ -126,14 +144,14 @@ def prepared_inputs(track, *keys):
 
 def stage_data(wildcards):
     """The prepared data a training stage of the track reads: its RL prompts (also the tracker's probes)."""
-    return prepared_inputs(wildcards.track, get_track(wildcards.track).RL_DATA)
+    return prepared_inputs(wildcards.track, module(wildcards.track).RL_DATA)
 
 
 def finetune_data(wildcards):
     """Fine-tuning reads the RL prompts (probes) and its own data set."""
     from frpo.runs import parse_setting
 
-    return prepared_inputs(wildcards.track, get_track(wildcards.track).RL_DATA,
+    return prepared_inputs(wildcards.track, module(wildcards.track).RL_DATA,
                            parse_setting(wildcards.setting).dataset)
 
 
@@ -151,8 +169,8 @@ def rl_targets(track):
 
 def ft_targets(track):
     v = VIEWS[track]
-    return [Target.ft(t.run.name, t.rl_seed, setting, fs)
-            for t in rl_targets(track) for setting in finetune_settings(v) for fs in ft_seeds(v)]
+    return [Target.ft(t.run.name, t.rl_seed, setting, fs) for t in rl_targets(track)
+            for setting in finetune_settings(v, t.run.name, t.rl_seed) for fs in ft_seeds(v)]
 
 
 def model_dir(track, target):
@@ -183,29 +201,43 @@ def tracking_inputs(wildcards):
 def eval_inputs(wildcards):
     t = wildcards.track
     benches = VIEWS[t]["eval"]["benchmarks"]
-    targets = [Target("base"), *rl_targets(t), *ft_targets(t)]
+    targets = [x for x in (Target("base"), *rl_targets(t), *ft_targets(t)) if evaluated(VIEWS[t], x)]
     return {f"{x.path}:{b}": f"{RESULTS}/{t}/eval/{x.path}/{b}.json" for x in targets for b in benches}
 
 
-TABLE_INPUTS = {"rl_metrics": "rl_metrics.csv", "evals": "evals.csv", "tracking": "tracking.csv"}
+def rewards_inputs(wildcards):
+    t = wildcards.track
+    return {x.path: f"{RESULTS}/{t}/{x.path}/rewards.jsonl" for x in rl_targets(t)}
+
+
+TABLE_INPUTS = {"rl_metrics": "rl_metrics.csv", "evals": "evals.csv", "tracking": "tracking.csv",
+                "rewards": "rewards.csv"}
 
 
 def figure_inputs(wildcards):
-    """The tidy tables a figure or table of the track reads (its entry in the track's FIGURES)."""
+    """The tidy tables a figure or table reads (its entry in the track's FIGURES): the experiment's own, or for a
+    figure drawn over a whole track, those of every experiment of the track that draws it."""
     name = wildcards.get("figure") or wildcards.get("table")
-    tables = get_track(wildcards.track).FIGURES[name]["tables"]
+    if "kind" in wildcards.keys():
+        tracks = [t for t in TRACKS if VIEWS[t]["track"] == wildcards.kind and name in drawn(t)]
+        tables = get_track(wildcards.kind).FIGURES[name]["tables"]
+        return {f"{table}@{t}": f"{RESULTS}/{t}/tables/{TABLE_INPUTS[table]}" for table in tables for t in tracks}
+    tables = module(wildcards.track).FIGURES[name]["tables"]
     return {t: f"{RESULTS}/{wildcards.track}/tables/{TABLE_INPUTS[t]}" for t in tables}
 
 
 def pairs(mapping):
-    """{label: path} as LABEL=PATH arguments for the frpo CLI."""
-    return " ".join(f"{label}={path}" for label, path in mapping.items())
+    """{label: path} as LABEL=PATH arguments for the frpo CLI (``table@experiment`` labels as ``table``: the
+    figure reads the tables of one name together)."""
+    return " ".join(f"{label.split('@')[0]}={path}" for label, path in mapping.items())
 
 
 def final_outputs(wildcards=None):
     out = []
     for t in TRACKS:
-        for name, spec in get_track(t).FIGURES.items():
+        for name in drawn(t):
+            spec = module(t).FIGURES[name]
             ext = "png" if spec["kind"] == "figure" else "csv"
-            out.append(f"{RESULTS}/{t}/figures/{name}.{ext}")
-    return out
+            where = f"{RESULTS}/figures/{VIEWS[t]['track']}" if scope(t, name) == "track" else f"{RESULTS}/{t}/figures"
+            out.append(f"{where}/{name}.{ext}")
+    return sorted(set(out), key=out.index)

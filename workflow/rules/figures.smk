@@ -11,7 +11,8 @@ rule figure:
         pdf=f"{RESULTS}/{{track}}/figures/{{figure}}.pdf",
     params:
         pairs=lambda w, input: pairs(dict(input.items())),
-        caption=lambda w: get_track(w.track).FIGURES[w.get("figure") or w.get("table")]["caption"],
+        caption=lambda w: module(w.track).FIGURES[w.figure]["caption"],
+        kind=lambda w: VIEWS[w.track]["track"],
     log:
         f"{LOGS}/{{track}}/figure/{{figure}}.log",
     threads: 1
@@ -22,7 +23,30 @@ rule figure:
     conda:
         ENV
     shell:
-        "frpo figure {wildcards.figure} --track {wildcards.track} --out {output.png} {params.pairs} > {log} 2>&1"
+        "frpo figure {wildcards.figure} --track {params.kind} --out {output.png} {params.pairs} > {log} 2>&1"
+
+
+rule figure_across:  # a figure drawn once over every experiment of a track (scope: track), e.g. one model each
+    input:
+        unpack(figure_inputs),
+    output:
+        png=report(f"{RESULTS}/figures/{{kind}}/{{figure}}.png", caption="../report/figure.rst", category="Figures",
+                   subcategory="{kind}"),
+        pdf=f"{RESULTS}/figures/{{kind}}/{{figure}}.pdf",
+    params:
+        pairs=lambda w, input: pairs(dict(input.items())),
+        caption=lambda w: get_track(w.kind).FIGURES[w.figure]["caption"],
+    log:
+        f"{LOGS}/figures/{{kind}}/{{figure}}.log",
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        ENV
+    shell:
+        "frpo figure {wildcards.figure} --track {wildcards.kind} --out {output.png} {params.pairs} > {log} 2>&1"
 
 
 rule table:
@@ -34,7 +58,8 @@ rule table:
         md=f"{RESULTS}/{{track}}/figures/{{table}}.md",
     params:
         pairs=lambda w, input: pairs(dict(input.items())),
-        caption=lambda w: get_track(w.track).FIGURES[w.get("figure") or w.get("table")]["caption"],
+        caption=lambda w: module(w.track).FIGURES[w.table]["caption"],
+        kind=lambda w: VIEWS[w.track]["track"],
     log:
         f"{LOGS}/{{track}}/table/{{table}}.log",
     threads: 1
@@ -45,4 +70,4 @@ rule table:
     conda:
         ENV
     shell:
-        "frpo figure {wildcards.table} --track {wildcards.track} --out {output.csv} {params.pairs} > {log} 2>&1"
+        "frpo figure {wildcards.table} --track {params.kind} --out {output.csv} {params.pairs} > {log} 2>&1"
