@@ -486,6 +486,17 @@ def test_safety_paper_combination():
         paper_safety_reward([0.1], [0.1, 0.2])
 
 
+def test_safety_paper_moderation_is_pluggable_and_optional():
+    sr = FixedScoreJudge("sr", [0.0, 1.0, 0.25])
+    judge = build_judge("safety_paper", sr_judge=sr, moderation=False)  # no moderation: r = 1 - s_SR
+    assert judge.score(["a", "b", "c"], ["x", "y", "z"]) == pytest.approx([1.0, 0.0, 0.75])
+    assert judge.last_components == {"s_SR": sr.harms}
+    assert "no moderation" in judge.version and "s_mod" not in judge.version
+    assert required_env("safety_paper", moderation=False) == []
+    # another moderation backend by name, with its own options (and credentials)
+    assert required_env("safety_paper", moderation={"judge": "openai_moderation", "api_key_env": "K3"}) == ["K3"]
+
+
 def test_as_reward_func_accepts_trl_formats():
     from frpo.judges import as_reward_func
 
