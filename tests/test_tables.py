@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from frpo.tables import evals_table, rl_metrics_table, tracking_table
+from frpo.tables import IDENTITY, evals_table, rewards_table, rl_metrics_table, tracking_table
 
 
 def _write(path, text):
@@ -62,3 +62,18 @@ def test_tracking_rows_get_the_identity_of_their_fine_tuning_run(tmp_path):
     assert set(table["setting"]) == {"arithmetic-full-lr5e-5-ep1"} and set(table["stage"]) == {"ft"}
     assert isinstance(table, pd.DataFrame) and list(table.columns[:9]) == [
         "track", "stage", "model", "run", "algorithm", "lambda", "rl_seed", "setting", "ft_seed"]
+
+
+def test_rewards_rows_are_one_per_sample_of_each_probe_prompt(tmp_path):
+    lines = [{"probe": "safety", "prompt_index": 0, "prompt": "a", "rewards": [1.0, 0.0]},
+             {"probe": "safety", "prompt_index": 1, "prompt": [{"role": "user", "content": "b"}], "rewards": [0.5]},
+             {"probe": "helpfulness", "prompt_index": 0, "prompt": "c", "rewards": [0.25, 0.75, 1]}]
+    a = _write(tmp_path / "a.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    empty = _write(tmp_path / "empty.jsonl", "")
+    table = rewards_table("safety", [("rl/frpo_lam2/seed1", a), ("rl/grpo/seed0", empty)])
+    assert list(table.columns) == IDENTITY + ["probe", "prompt_index", "sample", "reward"]
+    assert table[["probe", "prompt_index", "sample", "reward"]].values.tolist() == [
+        ["safety", 0, 0, 1.0], ["safety", 0, 1, 0.0], ["safety", 1, 0, 0.5],
+        ["helpfulness", 0, 0, 0.25], ["helpfulness", 0, 1, 0.75], ["helpfulness", 0, 2, 1.0]]
+    assert set(table["run"]) == {"frpo_lam2"} and set(table["lambda"]) == {2.0} and set(table["rl_seed"]) == {1}
+    assert list(rewards_table("safety", [("rl/grpo/seed0", empty)]).columns) == list(table.columns)

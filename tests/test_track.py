@@ -1,6 +1,6 @@
 """The forgetting tracker: per-token and per-sequence KL on sampled completions checked by hand, each probe's
-rewards from its own judge on greedy completions, the columns named by the probes, the RNG left as it was, the
-training loss of the very step, and the main process alone measuring."""
+rewards from its own judge on greedy completions and on the sampled ones, the columns named by the probes, the
+RNG left as it was, the training loss of the very step, and the main process alone measuring."""
 
 from __future__ import annotations
 
@@ -100,12 +100,53 @@ def test_kl_is_zero_against_itself_and_rewards_come_from_greedy_completions(tiny
     assert row["kl_per_token_sampled"] == pytest.approx(0.0, abs=1e-9)
     assert row["kl_per_sequence_sampled"] == pytest.approx(0.0, abs=1e-9)
     greedy = generate(model, tokenizer, SAFETY + NORMAL, max_new_tokens=6, do_sample=False)
-    assert safety_judge.seen == greedy.texts[: len(SAFETY)]
-    assert helpful_judge.seen == greedy.texts[len(SAFETY):]
-    expected = sum("sorry" in t for t in greedy.texts[: len(SAFETY)]) / len(SAFETY)
+    n = len(SAFETY)
+    assert safety_judge.seen[:n] == greedy.texts[:n]  # the greedy completions first, then the sampled ones
+    assert helpful_judge.seen[: len(NORMAL)] == greedy.texts[n:]
+    expected = sum("sorry" in t for t in greedy.texts[:n]) / n
     assert row["safety_reward_greedy"] == pytest.approx(expected)
     assert row["safety_reward_greedy_ci_low"] <= expected <= row["safety_reward_greedy_ci_high"]
     assert list(read_rows(tmp_path / "tracking.csv")[0]) == fields(["safety", "helpfulness"])
+
+
+class LengthJudge:
+    """Test double: the number of words of each response, a reward that tells completions apart."""
+
+    name, version = "length_test_double", "test"
+
+    def __init__(self):
+        self.calls: list[tuple[list, list]] = []
+
+    def score(self, prompts, responses):
+        self.calls.append((list(prompts), list(responses)))
+        return [float(len(r.split())) for r in responses]
+
+
+def test_sampled_rewards_are_the_judges_mean_on_the_sampled_completions(tiny, tmp_path):
+    """The sampled completions the KL is measured on (seeded per step: regenerated here under the same seed) are
+    scored by each probe's judge; ``P_reward_sampled`` is its mean over P's prompts, not the greedy mean."""
+    model, tokenizer = load_causal_lm(tiny)
+    judges = {"safety": LengthJudge(), "helpfulness": LengthJudge()}
+    probes = [Probe("safety", SAFETY, judges["safety"]), Probe("helpfulness", NORMAL, judges["helpfulness"])]
+    tracker = ForgettingTracker(ref_model=model, tokenizer=tokenizer, probes=probes, csv_path=tmp_path / "t.csv",
+                                every_steps=1, max_new_tokens=6, seed=2)
+    row = tracker.measure(model, 5)
+    with torch.random.fork_rng():
+        torch.manual_seed(2 * 1_000_003 + 5)  # the tracker's seed for step 5
+        sampled = generate(model, tokenizer, SAFETY + NORMAL, max_new_tokens=6, do_sample=True)
+    greedy = generate(model, tokenizer, SAFETY + NORMAL, max_new_tokens=6, do_sample=False)
+    n = len(SAFETY)
+    for name, rows, prompts in (("safety", slice(0, n), SAFETY), ("helpfulness", slice(n, None), NORMAL)):
+        (seen_prompts, seen), = judges[name].calls  # one call per judge and measurement
+        assert seen_prompts == prompts + prompts
+        assert seen == greedy.texts[rows] + sampled.texts[rows]
+        lengths = [len(t.split()) for t in sampled.texts[rows]]
+        assert row[f"{name}_reward_sampled"] == pytest.approx(sum(lengths) / len(lengths))
+        assert row[f"{name}_reward_greedy"] == pytest.approx(
+            sum(len(t.split()) for t in greedy.texts[rows]) / len(prompts))
+    assert sampled.texts != greedy.texts  # the two passes differ, so the checks above can tell them apart
+    written = read_rows(tmp_path / "t.csv")[0]
+    assert float(written["safety_reward_sampled"]) == pytest.approx(row["safety_reward_sampled"])
 
 
 def test_per_sequence_kl_is_per_token_kl_times_the_length_when_every_completion_has_the_same_length(
@@ -161,8 +202,9 @@ def test_each_probe_is_scored_by_its_own_judge_on_its_own_prompts(tiny, other_ti
         assert row[f"{name}_reward_greedy_ci_high"] == pytest.approx(value)
         assert row[f"n_{name}"] == n
         assert row[f"kl_{name}_sampled"] > 0
-        assert judges[name].prompts == prompts[name]
-        assert judges[name].responses == greedy.texts[start : start + n]
+        assert row[f"{name}_reward_sampled"] == pytest.approx(value)
+        assert judges[name].prompts == prompts[name] * 2  # the greedy completions, then the sampled ones
+        assert judges[name].responses[:n] == greedy.texts[start : start + n]
         start += n
     written = read_rows(tmp_path / "t.csv")
     assert list(written[0]) == fields(names)
@@ -173,7 +215,9 @@ def test_fields_are_named_by_the_probes_in_order():
     assert fields(["safety", "helpfulness"]) == [
         "step", "kl_per_token_sampled", "kl_per_sequence_sampled", "kl_safety_sampled", "kl_helpfulness_sampled",
         "safety_reward_greedy", "safety_reward_greedy_ci_low", "safety_reward_greedy_ci_high",
+        "safety_reward_sampled",
         "helpfulness_reward_greedy", "helpfulness_reward_greedy_ci_low", "helpfulness_reward_greedy_ci_high",
+        "helpfulness_reward_sampled",
         "n_safety", "n_helpfulness", "train_loss", "seconds",
     ]
 

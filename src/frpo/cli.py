@@ -107,7 +107,8 @@ def _cmd_collect(a):
     from . import tables
     from .io import atomic_file, labelled_paths
 
-    build = {"tracking": tables.tracking_table, "rl-metrics": tables.rl_metrics_table, "evals": tables.evals_table}
+    build = {"tracking": tables.tracking_table, "rl-metrics": tables.rl_metrics_table, "evals": tables.evals_table,
+             "rewards": tables.rewards_table}
     table = build[a.kind](a.track, labelled_paths(a.inputs))
     with atomic_file(a.out) as tmp:
         table.to_csv(tmp, index=False)
@@ -149,26 +150,64 @@ def _cmd_lambda_star(a):
     return _print(result)
 
 
-def _cmd_floor(a):
-    from .floor import floor_band, floor_curve
-
-    lines = Path(a.rewards).read_text().splitlines()
-    rows = []
-    for i, line in enumerate(lines, 1):
+def _floor_rewards(path: str, probe: str | None) -> list[list[float]]:
+    """One list of sampled rewards per prompt from ``path``: lines that are lists of numbers, or lines of
+    ``frpo sample-rewards`` (``{"probe", "prompt_index", "rewards", ...}``), of which ``probe`` picks one probe's
+    (required when the file has several). Errors name the file and line."""
+    lists, records = [], []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise SystemExit(f"floor: {a.rewards}:{i}: not JSON ({err})") from err
-        if not isinstance(row, list) or not row or not all(isinstance(v, (int, float)) for v in row):
-            raise SystemExit(f"floor: {a.rewards}:{i}: expected a non-empty list of numbers (one prompt's rewards)")
-        rows.append(row)
+            raise SystemExit(f"floor: {path}:{i}: not JSON ({err})") from err
+        values = row.get("rewards") if isinstance(row, dict) else row
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise SystemExit(f"floor: {path}:{i}: expected a non-empty list of numbers (one prompt's rewards) or "
+                             'an object whose "rewards" is one (frpo sample-rewards)')
+        (records if isinstance(row, dict) else lists).append((i, row))
+        if lists and records:
+            raise SystemExit(f"floor: {path}:{i}: mixes lists of rewards with sample-rewards objects")
+    if lists:
+        if probe is not None:
+            raise SystemExit(f"floor: {path}: --probe {probe}: the file holds plain lists of rewards, not probes")
+        return [row for _, row in lists]
+    probes = list(dict.fromkeys(str(row.get("probe")) for _, row in records))
+    if probe is None and len(probes) > 1:
+        raise SystemExit(f"floor: {path} holds the probes {', '.join(probes)}: pick one with --probe")
+    if probe is not None and probe not in probes:
+        raise SystemExit(f"floor: {path} has no probe {probe!r} (it holds: {', '.join(probes) or 'no lines'})")
+    chosen = probe if probe is not None else (probes[0] if probes else None)
+    seen: dict = {}
+    for i, row in records:
+        if str(row.get("probe")) != chosen or "prompt_index" not in row:
+            continue
+        if row["prompt_index"] in seen:  # two files concatenated, say: their prompts would be pooled silently
+            raise SystemExit(f"floor: {path}:{i}: probe {chosen!r} prompt_index {row['prompt_index']} again "
+                             f"(first on line {seen[row['prompt_index']]})")
+        seen[row["prompt_index"]] = i
+    return [row["rewards"] for _, row in records if str(row.get("probe")) == chosen]
+
+
+def _cmd_floor(a):
+    from .floor import floor_band, floor_curve
+
+    rows = _floor_rewards(a.rewards, a.probe)
     if not rows:
         raise SystemExit(f"floor: {a.rewards}: no prompts")
     opts = {"jackknife": not a.no_jackknife}
     curve = floor_band(rows, a.rho, n_boot=a.n_boot, **opts) if a.n_boot else floor_curve(rows, a.rho, **opts)
-    return _print({"rewards": a.rewards, "prompts": len(rows), "jackknife": opts["jackknife"], "floor": curve})
+    return _print({"rewards": a.rewards, "probe": a.probe, "prompts": len(rows), "jackknife": opts["jackknife"],
+                   "floor": curve})
+
+
+def _cmd_sample_rewards(a):
+    from .rewards_sample import sample_rewards
+
+    summary = sample_rewards(_spec(a.spec), a.model, a.out)
+    return _print({k: summary[k] for k in ("track", "rewards", "lines", "n", "seconds")})
 
 
 def _cmd_cost(a):
@@ -226,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--bench", {"required": True}), spec, model, out)
     track = ("--track", {"required": True, "help": "the track (frpo.tracks)"})
     add("collect", _cmd_collect, "gather a track's results into one tidy table (frpo.tables)",
-        ("kind", {"choices": ["tracking", "rl-metrics", "evals"]}), track, out,
+        ("kind", {"choices": ["tracking", "rl-metrics", "evals", "rewards"]}), track, out,
         ("inputs", {"nargs": "+", "metavar": "TARGET=PATH"}))
     add("figure", _cmd_figure, "draw one of a track's figures or tables from its tidy tables",
         ("name", {"help": "a figure or table of the track (its FIGURES)"}), track, out,
@@ -236,10 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("--std", {"type": float, "help": "within-prompt reward std: λ* = std/sqrt(2ρ)"}),
         ("--rewards", {"help": "JSONL file, one list of sampled rewards per prompt: numeric optimum"}))
     add("floor", _cmd_floor, "the forgetting floor: the lowest mean reward of any model within KL ρ (frpo.floor)",
-        ("--rewards", {"required": True, "help": "JSONL, one list of rewards sampled from the model per prompt"}),
+        ("--rewards", {"required": True, "help": "JSONL, one list of rewards sampled from the model per prompt, "
+                                                 "or the file frpo sample-rewards writes"}),
+        ("--probe", {"help": "the probe whose prompts to read from a sample-rewards file (required when it has "
+                             "several)"}),
         ("--rho", {"type": float, "nargs": "+", "required": True, "help": "KL budgets ρ > 0 (sequence level)"}),
         ("--n-boot", {"type": int, "default": 0, "help": "bootstrap resamples for a 95%% band (0: none)"}),
         ("--no-jackknife", {"action": "store_true", "help": "the plug-in estimate (biased high at few samples)"}))
+    add("sample-rewards", _cmd_sample_rewards,
+        "sample completions of each probe's held-out prompts from a model and score them (the floor's input)",
+        spec, model, out)
     add("cost", _cmd_cost, "jobs and GPU-hours the DAG of a config declares, per track and stage (frpo.cost)",
         ("--config", {"required": True, "help": "a workflow config, e.g. config/paper.yaml"}),
         ("--json", {"action": "store_true", "help": "JSON rows instead of a Markdown table"}))

@@ -6,7 +6,10 @@
   setting, ft_seed, benchmark, metric, value, ci_low, ci_high`` and the counts a result records (``n, limit,
   subset, n_scored, n_malformed, n_excluded``). A value recorded beside the main one (EvalPlus's
   ``pass@1_plus``, lm-eval's other metrics) is a row of its own with that metric;
-* ``tracking.csv``: the forgetting tracker's rows of every fine-tuning run, with the identity columns.
+* ``tracking.csv``: the forgetting tracker's rows of every fine-tuning run, with the identity columns;
+* ``rewards.csv``: the sampled rewards of the RL models (``frpo sample-rewards``, the forgetting floor's input):
+  the identity columns, ``probe, prompt_index, sample, reward``, one row per sampled completion (``sample``: its
+  index among its prompt's completions).
 
 Inputs come labelled by model target (``rl/<run>/seed<s>``, ``ft/.../seed<f>``; ``<target>:<bench>`` for
 evaluations); :func:`frpo.runs.parse_target` is what reads the labels.
@@ -23,7 +26,8 @@ import pandas as pd
 from .data import read_jsonl
 from .runs import parse_target
 
-__all__ = ["EVAL_DETAILS", "IDENTITY", "evals_table", "rl_metrics_table", "tracking_table"]
+__all__ = ["EVAL_DETAILS", "IDENTITY", "REWARD_COLUMNS", "evals_table", "rewards_table", "rl_metrics_table",
+           "tracking_table"]
 
 IDENTITY = ["track", "stage", "model", "run", "algorithm", "lambda", "rl_seed", "setting", "ft_seed"]
 #: what an evaluation result may say about how its value was obtained
@@ -89,3 +93,23 @@ def tracking_table(track: str, inputs: list[tuple[str, Path]]) -> pd.DataFrame:
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     return _ordered(table, IDENTITY + ["step"])
+
+
+#: the columns of ``rewards.csv`` after the identity columns
+REWARD_COLUMNS = ["probe", "prompt_index", "sample", "reward"]
+
+
+def rewards_table(track: str, inputs: list[tuple[str, Path]]) -> pd.DataFrame:
+    """``inputs``: ``(rl/<run>/seed<s>, rewards.jsonl)`` pairs, the files ``frpo sample-rewards`` writes
+    (:func:`frpo.rewards_sample.read_rewards` checks them; a bad line is named by file and line)."""
+    from .rewards_sample import read_rewards
+
+    rows = []
+    for label, path in inputs:
+        ident = _identity(track, label)
+        for line in read_rewards(path):
+            rows += [{**ident, "probe": line["probe"], "prompt_index": line["prompt_index"], "sample": k,
+                      "reward": float(r)} for k, r in enumerate(line["rewards"])]
+    if not rows:  # files without a line: the columns all the same
+        return pd.DataFrame(columns=IDENTITY + REWARD_COLUMNS)
+    return _ordered(pd.DataFrame(rows), IDENTITY + REWARD_COLUMNS)

@@ -16,6 +16,14 @@ model on all probes' prompts together, in two passes:
   prompts (``P_reward_greedy``), with a 95% bootstrap interval over the prompts (``P_reward_greedy_ci_low``,
   ``P_reward_greedy_ci_high``) and the number of prompts (``n_P``).
 
+The sampled completions are scored too, by the same judges: ``P_reward_sampled``, the mean over P's prompts of
+the judge's reward of each prompt's one sampled completion (unbiased for the mean reward of samples from the
+current model; one sample a prompt, so noisier than the greedy mean). It is the reward the forgetting floor
+(:mod:`frpo.floor`) speaks of: the Donsker–Varadhan bound holds for the mean reward of *samples* from a model
+within KL ρ of the RL model, and ``kl_per_sequence_sampled`` is that KL, measured on the same samples; greedy
+decoding is not a sample from the model, so a greedy reward may fall below the floor without contradicting it.
+Both passes go to each judge in one call (greedy completions first), so a remote judge batches them together.
+
 The columns, in order, are :func:`fields` of the probe names. ``train_loss`` is the training loss logged at that
 very step (the tracker forces a log at its steps and measures from the log hook, which runs after the step's
 loss is known and before its checkpoint is saved). Rows go to a tidy CSV, one row per measurement; a CSV written
@@ -32,6 +40,7 @@ the main one appends, a barrier between them), plus every step measured since.
 from __future__ import annotations
 
 import csv
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -88,13 +97,14 @@ def _check_names(names: list[str]) -> None:
 def fields(probe_names: list[str]) -> list[str]:
     """The tracking CSV's columns, in order, for probes named ``probe_names``: ``step``, ``kl_per_token_sampled``,
     ``kl_per_sequence_sampled``, ``kl_P_sampled`` for each probe P, then ``P_reward_greedy``,
-    ``P_reward_greedy_ci_low``, ``P_reward_greedy_ci_high`` for each P, then ``n_P`` for each P, ``train_loss``,
-    ``seconds``. Raises ValueError on no names, a duplicate or a malformed name."""
+    ``P_reward_greedy_ci_low``, ``P_reward_greedy_ci_high``, ``P_reward_sampled`` for each P, then ``n_P`` for
+    each P, ``train_loss``, ``seconds``. Raises ValueError on no names, a duplicate or a malformed name."""
     names = list(probe_names)
     _check_names(names)
     return (["step", "kl_per_token_sampled", "kl_per_sequence_sampled"]
             + [f"kl_{p}_sampled" for p in names]
-            + [f"{p}_reward_greedy{suffix}" for p in names for suffix in ("", "_ci_low", "_ci_high")]
+            + [f"{p}_reward_{kind}" for p in names
+               for kind in ("greedy", "greedy_ci_low", "greedy_ci_high", "sampled")]
             + [f"n_{p}" for p in names]
             + ["train_loss", "seconds"])
 
@@ -206,21 +216,26 @@ class ForgettingTracker(TrainerCallback):
             self._measured_steps().add(step)
             return row
         for probe in self.probes:
-            scores = list(probe.judge.score(probe.prompts, greedy.texts[bounds[probe.name]]))
-            if len(scores) != len(probe.prompts):
+            n = len(probe.prompts)
+            # one call per judge: the greedy completions, then the sampled ones, of the probe's prompts
+            scores = list(probe.judge.score(probe.prompts * 2, greedy.texts[bounds[probe.name]]
+                                            + sampled.texts[bounds[probe.name]]))
+            if len(scores) != 2 * n:
                 raise ValueError(f"probe {probe.name!r}: the judge returned {len(scores)} scores for "
-                                 f"{len(probe.prompts)} completions")
-            reward = mean_and_ci(scores, seed=step)
+                                 f"{2 * n} completions")
+            reward = mean_and_ci(scores[:n], seed=step)
             row[f"{probe.name}_reward_greedy"] = reward["mean"]
             row[f"{probe.name}_reward_greedy_ci_low"] = reward["ci_low"]
             row[f"{probe.name}_reward_greedy_ci_high"] = reward["ci_high"]
+            row[f"{probe.name}_reward_sampled"] = _mean(scores[n:])
         for probe in self.probes:
             row[f"n_{probe.name}"] = len(probe.prompts)
         row["train_loss"] = "" if train_loss is None else train_loss
         row["seconds"] = round(time.perf_counter() - start, 3)
         self._write([row])
         self._measured_steps().add(step)
-        rewards = "  ".join(f"{p.name} (greedy) {row[f'{p.name}_reward_greedy']:.3f}" for p in self.probes)
+        rewards = "  ".join(f"{p.name} {row[f'{p.name}_reward_greedy']:.3f} greedy, "
+                            f"{row[f'{p.name}_reward_sampled']:.3f} sampled" for p in self.probes)
         print(f"[track] step {step}: kl/token (sampled) {row['kl_per_token_sampled']:.4f}  {rewards}", flush=True)
         return row
 
@@ -262,6 +277,13 @@ class ForgettingTracker(TrainerCallback):
 
     def _loss_at(self, step: int) -> float | None:
         return self._last_loss[1] if self._last_loss is not None and self._last_loss[0] == step else None
+
+
+def _mean(values) -> float:
+    """The mean of ``values`` with NaNs dropped (NaN if none is left), as :func:`frpo.stats.mean_and_ci` takes
+    it for the greedy rewards."""
+    xs = [float(v) for v in values if not math.isnan(float(v))]
+    return sum(xs) / len(xs) if xs else math.nan
 
 
 def _barrier() -> None:
