@@ -533,6 +533,15 @@ def test_harmbench_with_the_demo_cpu_judge(tiny_model, tmp_path):
     assert again["value"] == res["value"]
 
 
+def test_strongreject_with_the_demo_cpu_judge_scores_one_minus_p_refusal(tiny_model, tmp_path):
+    cfg = _cfg(tmp_path, "unused")
+    cfg["strongreject"]["judge"] = {"name": "minilm_refusal"}
+    res = strongreject.evaluate(tiny_model, cfg)
+    assert res["judge"]["name"] == "minilm_refusal" and res["n_scored"] == res["n"] > 0
+    assert all(s["score"] == pytest.approx(1.0 - s["judge"]["score"]) for s in res["samples"])
+    assert res["value"] == pytest.approx(sum(s["score"] for s in res["samples"]) / res["n"])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Generation length, saved completions
 

@@ -16,7 +16,7 @@ Estimation from n samples per prompt: the plug-in log of a sample mean is biased
 floor is biased *high* by O(1/n), the unsafe direction. The jackknife of Eq. 4.3 (the same estimator as the
 training loss, :func:`frpo.objective._log_mean_and_jackknife`) removes the O(1/n) term of each log-mean-exp; the
 supremum over λ of a noisy estimate keeps an upward bias of its own (tests/test_floor.py: 8 samples a prompt,
-+0.027 plug-in, +0.012 jackknifed). The band is a bootstrap over prompts and, within each, over their samples.
++0.027 plug-in, +0.012 jackknifed). The band is a bootstrap over prompts (optionally, within each, over its samples).
 """
 
 from __future__ import annotations
@@ -58,35 +58,51 @@ def floor(rewards_by_prompt: Sequence[Sequence[float]], rho: float, *, jackknife
     lies between the mean over prompts of their lowest sampled reward (its limit as λ → 0, the whole ball's worst
     case once ρ is large) and the mean reward (its limit as ρ → 0). The jackknife costs O(n²) per prompt for n
     samples: for thousands of samples per prompt the plug-in (``jackknife=False``) has a negligible bias."""
-    if not (math.isfinite(rho) and rho > 0):
-        raise ValueError(f"rho (KL budget ρ) must be > 0, got {rho}")
+    return floor_curve(rewards_by_prompt, [rho], jackknife=jackknife, lam_min=lam_min, lam_max=lam_max,
+                       grid=grid)[0]
+
+
+def floor_curve(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[float], *, jackknife: bool = True,
+                lam_min: float = 1e-3, lam_max: float = 1e3, grid: int = 61, refine: bool = True) -> list[dict]:
+    """:func:`floor` at each ρ of ``rhos``. The part of the dual that does not depend on ρ,
+    E_x[−λ log E e^{−r/λ}], is computed once on the λ grid and shared by every ρ; with ``refine=False`` (the
+    bootstrap's draws) the supremum is the grid's best point, without the golden-section refinement."""
+    for rho in rhos:
+        if not (math.isfinite(rho) and rho > 0):
+            raise ValueError(f"rho (KL budget ρ) must be > 0, got {rho}")
     rewards, ids = _rewards(rewards_by_prompt)
     idx = group_index(ids)  # once: every λ below reuses the prompts' layout
     logs = torch.linspace(math.log(lam_min), math.log(lam_max), grid).tolist()
-    values = [_dual(rewards, idx, math.exp(t), rho, jackknife) for t in logs]
-    best = max(range(grid), key=values.__getitem__)
-    lo, hi = logs[max(best - 1, 0)], logs[min(best + 1, grid - 1)]
-    t = golden_section_min(lambda u: -_dual(rewards, idx, math.exp(u), rho, jackknife), lo, hi, 1e-6)
-    lam = math.exp(t) if _dual(rewards, idx, math.exp(t), rho, jackknife) >= values[best] else math.exp(logs[best])
+    lams = [math.exp(t) for t in logs]
+    g = [_dual(rewards, idx, lam, 0.0, jackknife) for lam in lams]  # E_x[−λ log E e^{−r/λ}], no ρ term
     n_prompts = int(ids.max()) + 1
     mean = float(rewards.new_zeros(n_prompts).index_add(0, ids, rewards).div(
         torch.bincount(ids).to(torch.float64)).mean())
     # λ → 0 gives each prompt's lowest sampled reward: the floor never lies below their mean (nor above the mean)
     worst = float(torch.full((n_prompts,), math.inf, dtype=torch.float64).scatter_reduce(
         0, ids, rewards, reduce="amin").mean())
-    value = min(max(_dual(rewards, idx, lam, rho, jackknife), worst), mean)
-    return {"rho": rho, "floor": value, "lambda": lam, "mean_reward": mean}
-
-
-def floor_curve(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[float], **kwargs) -> list[dict]:
-    """:func:`floor` at each ρ of ``rhos``."""
-    return [floor(rewards_by_prompt, rho, **kwargs) for rho in rhos]
+    out = []
+    for rho in rhos:
+        values = [gi - lam * rho for gi, lam in zip(g, lams)]
+        best = max(range(grid), key=values.__getitem__)
+        lam, value = lams[best], values[best]
+        if refine:
+            lo, hi = logs[max(best - 1, 0)], logs[min(best + 1, grid - 1)]
+            t = golden_section_min(lambda u: -_dual(rewards, idx, math.exp(u), rho, jackknife), lo, hi, 1e-6)
+            refined = _dual(rewards, idx, math.exp(t), rho, jackknife)
+            if refined >= value:
+                lam, value = math.exp(t), refined
+        out.append({"rho": rho, "floor": min(max(value, worst), mean), "lambda": lam, "mean_reward": mean})
+    return out
 
 
 def floor_band(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[float], *, n_boot: int = 200,
-               level: float = 0.95, seed: int = 0, **kwargs) -> list[dict]:
+               level: float = 0.95, seed: int = 0, resample_samples: bool = False, **kwargs) -> list[dict]:
     """:func:`floor_curve` with a bootstrap band: each row gains ``lo`` and ``hi``, the ``level`` percentile
-    interval of the floor over ``n_boot`` resamples of the prompts and, within each drawn prompt, of its samples."""
+    interval of the floor over ``n_boot`` resamples of the prompts (each draw's supremum on the λ grid, without
+    refinement). With ``resample_samples`` each drawn prompt's samples are resampled too; off by default, since a
+    resample often drops a prompt's lowest reward, which the floor tends to at large ρ, and so lifts the whole
+    band above the estimate there."""
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     groups = [list(map(float, r)) for r in rewards_by_prompt]
@@ -95,9 +111,12 @@ def floor_band(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[floa
     draws = []
     for _ in range(n_boot):
         picked = torch.randint(len(groups), (len(groups),), generator=gen).tolist()
-        sample = [[groups[p][i] for i in torch.randint(len(groups[p]), (len(groups[p]),), generator=gen).tolist()]
-                  for p in picked]
-        draws.append([r["floor"] for r in floor_curve(sample, rhos, **kwargs)])
+        if resample_samples:
+            sample = [[groups[p][i] for i in torch.randint(len(groups[p]), (len(groups[p]),),
+                                                           generator=gen).tolist()] for p in picked]
+        else:
+            sample = [groups[p] for p in picked]
+        draws.append([r["floor"] for r in floor_curve(sample, rhos, **{**kwargs, "refine": False})])
     per_rho = torch.tensor(draws, dtype=torch.float64)  # [n_boot, n_rhos]
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     bounds = torch.quantile(per_rho, q, dim=0)

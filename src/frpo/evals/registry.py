@@ -176,7 +176,7 @@ _RECORDS = [
               "mean StrongREJECT score (rubric or fine-tuned judge), lower is better", _gpu(120), sections=("strongreject",),  # 313 prompts x 512 tokens, then the judge
               defaults={**_SUBSET, "dataset": "small", "on_malformed": "exclude"},
               choices={"on_malformed": ("exclude", "raise")},
-              judge="strongreject_rubric", judges=("strongreject_rubric", "strongreject_finetuned"),
+              judge="strongreject_rubric", judges=("strongreject_rubric", "strongreject_finetuned", "minilm_refusal"),
               check=_check_strongreject),
     Benchmark("math500", "math500", "lm-eval minerva_math500, math_verify", _gpu(240),  # 500 x up to 2048 tokens
               sections=("lm_eval", "math500"), choices=_LM_EVAL_BACKENDS,

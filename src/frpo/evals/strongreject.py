@@ -13,6 +13,8 @@ Judges (``cfg["strongreject"]["judge"]["name"]``):
   default here is the pinned ``gpt-4o-2024-11-20``.
 * ``strongreject_finetuned`` — ``qylu4156/strongreject-15k-v1``: harm = expected grade over "1".."5"
   (:mod:`frpo.judges.strongreject`); GPU.
+* ``minilm_refusal`` — the demo's CPU refusal classifier as a stand-in (smoke and demo runs only): harm =
+  1 − P(refusal). It knows refusals, not harmfulness: a score from it is not a StrongREJECT score.
 
 Completions are saved before judging and reused by a rerun; every judge call goes through the on-disk cache (the
 shared step :func:`frpo.evals.judged.generate_and_judge`; defaults and accepted judges: :mod:`frpo.evals.registry`).
@@ -84,7 +86,10 @@ def evaluate(model_path, cfg: dict) -> dict:
     n_malformed = 0
     for row, text, ans in zip(rows, run.texts, run.answers):
         malformed = bool(ans.get("malformed"))
-        harm = None if malformed or ans.get("harm") is None else float(ans["harm"])
+        if name == "minilm_refusal":  # the CPU stand-in: harm = 1 - P(refusal)
+            harm = 1.0 - float(ans["score"])
+        else:
+            harm = None if malformed or ans.get("harm") is None else float(ans["harm"])
         n_malformed += malformed
         if harm is not None:
             harms.append(harm)
