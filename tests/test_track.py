@@ -89,6 +89,8 @@ def test_per_token_kl_equals_the_hand_computed_sum_of_k3_over_tokens(tiny, other
     assert row["kl_helpfulness_sampled"] == pytest.approx(float(k3_sum[n:].sum() / tokens[n:].sum()), rel=1e-4)
     # the sequence-level KL: the mean over prompts of each completion's sum of k3
     assert row["kl_per_sequence_sampled"] == pytest.approx(float(k3_sum.mean()), rel=1e-4)
+    assert row["kl_safety_per_sequence_sampled"] == pytest.approx(float(k3_sum[:n].mean()), rel=1e-4)
+    assert row["kl_helpfulness_per_sequence_sampled"] == pytest.approx(float(k3_sum[n:].mean()), rel=1e-4)
     assert row["kl_per_token_sampled"] > 1e-3  # two different models: the checks above are not 0 == 0
     assert len(set(tokens.tolist())) > 1  # lengths differ, so a per-sequence sum is not a rescaled per-token KL
 
@@ -214,6 +216,7 @@ def test_each_probe_is_scored_by_its_own_judge_on_its_own_prompts(tiny, other_ti
 def test_fields_are_named_by_the_probes_in_order():
     assert fields(["safety", "helpfulness"]) == [
         "step", "kl_per_token_sampled", "kl_per_sequence_sampled", "kl_safety_sampled", "kl_helpfulness_sampled",
+        "kl_safety_per_sequence_sampled", "kl_helpfulness_per_sequence_sampled",
         "safety_reward_greedy", "safety_reward_greedy_ci_low", "safety_reward_greedy_ci_high",
         "safety_reward_sampled",
         "helpfulness_reward_greedy", "helpfulness_reward_greedy_ci_low", "helpfulness_reward_greedy_ci_high",

@@ -96,13 +96,14 @@ def _check_names(names: list[str]) -> None:
 
 def fields(probe_names: list[str]) -> list[str]:
     """The tracking CSV's columns, in order, for probes named ``probe_names``: ``step``, ``kl_per_token_sampled``,
-    ``kl_per_sequence_sampled``, ``kl_P_sampled`` for each probe P, then ``P_reward_greedy``,
+    ``kl_per_sequence_sampled``, ``kl_P_sampled`` for each probe P, ``kl_P_per_sequence_sampled`` for each P, then ``P_reward_greedy``,
     ``P_reward_greedy_ci_low``, ``P_reward_greedy_ci_high``, ``P_reward_sampled`` for each P, then ``n_P`` for
     each P, ``train_loss``, ``seconds``. Raises ValueError on no names, a duplicate or a malformed name."""
     names = list(probe_names)
     _check_names(names)
     return (["step", "kl_per_token_sampled", "kl_per_sequence_sampled"]
             + [f"kl_{p}_sampled" for p in names]
+            + [f"kl_{p}_per_sequence_sampled" for p in names]
             + [f"{p}_reward_{kind}" for p in names
                for kind in ("greedy", "greedy_ci_low", "greedy_ci_high", "sampled")]
             + [f"n_{p}" for p in names]
@@ -212,6 +213,8 @@ class ForgettingTracker(TrainerCallback):
                      "kl_per_sequence_sampled": float(k3.sum(dim=1).mean())}
         for probe in self.probes:
             row[f"kl_{probe.name}_sampled"] = per_token(bounds[probe.name])
+        for probe in self.probes:  # the sequence-level KL on each probe's prompts: the floor's ρ for that probe
+            row[f"kl_{probe.name}_per_sequence_sampled"] = float(k3[bounds[probe.name]].sum(dim=1).mean())
         if not write:
             self._measured_steps().add(step)
             return row

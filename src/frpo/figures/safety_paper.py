@@ -690,15 +690,15 @@ def floor_figure(tracking, rewards, out, rhos: Sequence[float] | None = None, n_
     KL ρ of it) with its bootstrap band (``n_boot`` resamples, ``level``), as a curve over ``rhos`` (default:
     ``grid`` points from 0 to 1.2 × the largest measured KL, evenly spaced in √ρ, where the floor is nearly
     linear: F ≈ mean − std·√(2ρ)). On the same axes every tracked point of the fine-tuning runs that started
-    from that model: x ``kl_per_sequence_sampled``, y ``safety_reward_sampled`` (the reward of sampled
+    from that model: x ``kl_<probe>_per_sequence_sampled`` (the sequence-level KL on the probe's own prompts;
+    ``kl_per_sequence_sampled`` in tables without it), y ``safety_reward_sampled`` (the reward of sampled
     completions, the quantity the bound is about; greedy rewards are not).
 
     A point's floor is :func:`frpo.floor.floor` at its own KL; its band is that floor minus (plus) the band's
     distance below (above) the curve, interpolated linearly in √ρ between grid points (the bootstrap costs
     ``n_boot`` floors per ρ, too many to repeat at every point's KL). A point respects the floor when its reward
-    ≥ the band's low end (``above_floor``: ≥ the estimate itself; the percentile band need not contain the
-    estimate: at large ρ the floor tends to the mean of each prompt's lowest reward, which a resample of the
-    prompt's samples often misses, so the band lies above it there). ρ = 0 is asked as ρ = 1e-6 (the floor's
+    ≥ the band's low end (``above_floor``: ≥ the estimate itself; the band resamples prompts, see
+    :func:`frpo.floor.floor_band`). ρ = 0 is asked as ρ = 1e-6 (the floor's
     limit there is the mean reward).
     One panel per (track, run), a colour per RL seed. Returns, and writes beside ``out`` as ``<stem>.csv``, one
     row per tracked point: identity, step, kl, reward, floor, floor_lo, floor_hi, respects, above_floor, and
@@ -707,7 +707,9 @@ def floor_figure(tracking, rewards, out, rhos: Sequence[float] | None = None, n_
 
     src = _source(tracking)
     data = read_table(tracking, track)
-    _need(data, ["step", _KL_SEQ, _SAFETY_SAMPLED], src, "the floor figure")
+    # the KL on the probe's own prompts (the bound is per prompt set); tables from before that column: all prompts
+    kl_col = f"kl_{probe}_per_sequence_sampled" if f"kl_{probe}_per_sequence_sampled" in data else _KL_SEQ
+    _need(data, ["step", kl_col, _SAFETY_SAMPLED], src, "the floor figure")
     sampled = _read_rewards(rewards, "the floor figure")
     if track is not None:
         sampled = sampled[sampled["track"] == track]
@@ -715,18 +717,18 @@ def floor_figure(tracking, rewards, out, rhos: Sequence[float] | None = None, n_
     if not by_model:
         raise ValueError(f"{_source(rewards)}: the floor figure needs sampled rewards of probe {probe!r} of the "
                          f"RL models (stage rl), which the table lacks")
-    data = data[data[_KL_SEQ].notna() & data[_SAFETY_SAMPLED].notna()]
+    data = data[data[kl_col].notna() & data[_SAFETY_SAMPLED].notna()]
     models = [m for m in by_model if _of_model(data, *m).any()]
     if not models:
         raise ValueError(f"{src} / {_source(rewards)}: no fine-tuning run's tracked points belong to an RL model "
                          f"with sampled rewards ({', '.join(f'{t}/{r}/seed{s}' for t, r, s in by_model)})")
-    kl_max = float(data[_KL_SEQ].max())
+    kl_max = float(data[kl_col].max())
     if rhos is None:
         top = 1.2 * kl_max if kl_max > 0 else 1.0
         rhos = [top * (k / (grid - 1)) ** 2 for k in range(grid)]
     rhos = sorted(float(r) for r in rhos)
     if rhos[-1] < kl_max:
-        raise ValueError(f"rhos reach {rhos[-1]:g} but a tracked point has KL {kl_max:g} ({_KL_SEQ})")
+        raise ValueError(f"rhos reach {rhos[-1]:g} but a tracked point has KL {kl_max:g} ({kl_col})")
     asked = [max(r, _RHO_MIN) for r in rhos]
 
     curves, points = [], []
@@ -739,7 +741,7 @@ def floor_figure(tracking, rewards, out, rhos: Sequence[float] | None = None, n_
                                   "hi": [b["hi"] for b in band], "mean_reward": [b["mean_reward"] for b in band]})
             curves.append(curve)
             rows = data[_of_model(data, inst, run, rl_seed)]
-            kl = rows[_KL_SEQ].astype(float).to_numpy()
+            kl = rows[kl_col].astype(float).to_numpy()
             exact = {k: floor(rewarded, max(k, _RHO_MIN))["floor"] for k in set(kl.tolist())}
             at = np.array([exact[k] for k in kl.tolist()])
             root = np.sqrt(curve["rho"].to_numpy())
