@@ -48,14 +48,25 @@ def safety() -> dict:
 
 
 def paper() -> dict:
-    """The paper config: one track, math (its data are hub sources, so validating it reads no file)."""
-    return load("paper.yaml")
+    """The paper config's math track (its data are hub sources, so validating it reads no file; the safety
+    experiments read local files: tests/test_paper_safety.py)."""
+    config = load("paper.yaml")
+    config["tracks"] = {"math": config["tracks"]["math"]}
+    return config
 
 
 @pytest.mark.parametrize(
-    ("name", "tracks"), [("config.yaml", ["safety"]), ("smoke.yaml", ["safety", "math"]), ("paper.yaml", ["math"])]
+    ("name", "tracks"), [("config.yaml", ["safety"]), ("smoke.yaml", ["safety", "math"]),
+                         ("paper.yaml", ["mistral", "qwen7b", "qwen3b", "qwen14b", "qwen32b", "math"])]
 )
-def test_shipped_configs_are_valid(name, tracks):
+def test_shipped_configs_are_valid(name, tracks, tmp_path, monkeypatch):
+    from configs import PAPER_ENV, paper_files
+
+    if name == "paper.yaml":  # its safety experiments read local files (docs/paper-data.md), relative to the
+        paper_files(tmp_path)  # directory snakemake runs in; and their API judges' key is checked
+        monkeypatch.chdir(tmp_path)
+        for key, value in PAPER_ENV.items():
+            monkeypatch.setenv(key, value)
     config = load(name)
     assert validate_config(config, SCHEMA) is config
     assert track_names(config) == tracks
@@ -564,3 +575,131 @@ def test_the_paper_config_holds_nothing_of_the_demo():
     trained = [s for s in specs if "rl" in s or "train" in s]
     assert len(trained) == 11 and all(s["device"] == "cuda" for s in trained)
     assert eval_spec(view(config, "math"), None)["device"] == "cuda"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Experiments (kind, extends), sweeps, per-dataset recipes, LoRA ranks, the evaluated models
+
+
+def test_an_experiment_extends_another_by_a_deep_merge_and_names_its_track():
+    config = safety()
+    config["tracks"]["variant"] = {"extends": "safety", "rl": {"lambdas": ["0.5"], "beta": 0.05},
+                                   "finetune": {"track": {"every_steps": 3}}}
+    validate_config(config, SCHEMA)
+    base, v = view(config, "safety"), view(config, "variant")
+    assert (v["track"], v["experiment"], v["results"]) == ("safety", "variant", "results/demo/variant")
+    assert v["rl"]["lambdas"] == ["0.5"] and v["rl"]["beta"] == 0.05  # lists and values replace
+    assert v["rl"]["steps"] == base["rl"]["steps"] and v["model"] == base["model"]  # the rest is inherited
+    assert v["finetune"]["track"] == {**base["finetune"]["track"], "every_steps": 3}  # mappings merge
+    assert "extends" not in v and "kind" not in v and rl_runs(v) == ["grpo", "frpo_lam0.5"]
+    config["tracks"]["second"] = {"extends": "variant", "kind": "safety", "seed": 1} | {"rl": {"steps": 3}}
+    with pytest.raises(ConfigError, match=r"tracks\.second: .*'seed' was unexpected"):
+        validate_config(config, SCHEMA)  # the resolved block is what the schema checks
+    config["tracks"]["second"] = {"extends": "nowhere"}
+    with pytest.raises(ConfigError, match=r"tracks\.second\.extends: no block 'nowhere' under tracks"):
+        validate_config(config, SCHEMA)
+    config["tracks"]["second"] = {"extends": "third"}
+    config["tracks"]["third"] = {"extends": "second"}
+    with pytest.raises(ConfigError, match=r"tracks\.second\.extends: circular \(second -> third -> second\)"):
+        validate_config(config, SCHEMA)
+    config["tracks"] = {"figures": safety()["tracks"]["safety"] | {"kind": "safety"}}
+    with pytest.raises(ConfigError, match=r"tracks\.figures: the name 'figures' is reserved"):
+        validate_config(config, SCHEMA)
+
+
+def _sweeps(config, *sweeps):
+    ft = config["tracks"]["safety"]["finetune"]
+    for key in ("datasets", "methods", "learning_rates", "epochs"):
+        del ft[key]
+    ft["sweeps"] = list(sweeps)
+    return config
+
+
+def test_sweeps_cover_the_runs_they_name_once_each_and_sample_seeded():
+    config = safety()
+    config["tracks"]["safety"]["rl"]["seeds"] = [0, 1]
+    grid = {"datasets": ["arithmetic", "alpaca"], "methods": ["full", "lora", "lora_r8"],
+            "learning_rates": ["1e-5", "1e-4"], "epochs": [1, 2]}
+    _sweeps(config, {"datasets": ["arithmetic"], "methods": ["full"], "learning_rates": ["5e-5"], "epochs": [1]},
+            {"runs": ["grpo"], "rl_seeds": [0], "datasets": ["arithmetic"], "methods": ["full"],
+             "learning_rates": ["5e-5", "1e-4"], "epochs": [1]},
+            {"runs": ["grpo", "frpo_lam0.2"], **grid, "sample": {"n": 5, "seed": 3}})
+    validate_config(config, SCHEMA)
+    v = view(config, "safety")
+    main, extra = "arithmetic-full-lr5e-5-ep1", "arithmetic-full-lr1e-4-ep1"
+    sample = set(finetune_settings(v, "frpo_lam0.2", 1)) - {main}
+    assert len(sample) in (4, 5) and set(finetune_settings(v, "frpo_lam0.2", 1)) == {main} | sample
+    assert finetune_settings(v, "grpo", 0)[:2] == [main, extra]  # sweep order; the main setting once
+    assert extra not in finetune_settings(v, "grpo", 1)  # rl_seeds: [0]
+    assert finetune_settings(v, "frpo_lam0.12", 0) == [main]  # λ* (not named by the other sweeps)
+    again = set(finetune_settings(view(config, "safety"), "grpo", 1)) - {main}
+    assert again == sample  # the same draw every time
+    for sweep, message in [
+        ({**grid, "runs": ["frpo_lam3"]}, r"sweeps\.0\.runs\.0: 'frpo_lam3' is not an RL run of this config"),
+        ({**grid, "rl_seeds": [5]}, r"sweeps\.0\.rl_seeds\.0: 5 is not in rl\.seeds \[0, 1\]"),
+        ({**grid, "sample": {"n": 25, "seed": 0}}, r"sweeps\.0\.sample\.n: 25 settings from a grid of 24"),
+        ({**grid, "datasets": ["gsm8k"]}, r"sweeps\.0\.datasets\.0: 'gsm8k' has no source under data\.gsm8k"),
+        ({**grid, "methods": ["qlora"]}, r"sweeps\.0\.methods\.0: 'qlora' does not match"),
+    ]:
+        bad = _sweeps(safety(), sweep)
+        bad["tracks"]["safety"]["rl"]["seeds"] = [0, 1]
+        bad["tracks"]["safety"]["rl"]["lambda_star"]["enabled"] = False  # (any FRPO run could be λ*'s)
+        with pytest.raises(ConfigError, match=message):
+            validate_config(bad, SCHEMA)
+
+
+def test_recipes_and_lora_ranks_reach_the_fine_tuning_spec():
+    config = _sweeps(safety(), {"datasets": ["arithmetic", "alpaca"], "methods": ["full", "lora_r8"],
+                                "learning_rates": ["1e-5"], "epochs": [1]})
+    ft = config["tracks"]["safety"]["finetune"]
+    ft["lr_scheduler_type"], ft["warmup_ratio"] = "cosine", 0.03
+    ft["recipes"] = {"alpaca": {"lr_scheduler_type": "constant_with_warmup", "warmup_ratio": 0.05}}
+    validate_config(config, SCHEMA)
+    v = view(config, "safety")
+    alpaca = finetune_spec(v, "alpaca-lora_r8-lr1e-5-ep1", 0, None)["train"]
+    arith = finetune_spec(v, "arithmetic-full-lr1e-5-ep1", 0, None)["train"]
+    assert (alpaca["lr_scheduler_type"], alpaca["warmup_ratio"]) == ("constant_with_warmup", 0.05)
+    assert (arith["lr_scheduler_type"], arith["warmup_ratio"]) == ("cosine", 0.03)
+    # lora_r8: the finetune.lora block at rank 8, alpha scaled to keep its alpha / r (32 / 16 = 2)
+    assert alpaca["method"] == "lora" and alpaca["lora"] == {**ft["lora"], "r": 8, "alpha": 16}
+    assert "lora" not in arith and arith["method"] == "full"
+    ft["recipes"] = {"code": {"warmup_ratio": 0.1}}
+    with pytest.raises(ConfigError, match=r"finetune\.recipes\.code: not a fine-tuning set of track 'safety'"):
+        validate_config(config, SCHEMA)
+
+
+def test_eval_runs_and_settings_choose_the_evaluated_models():
+    from frpo.config import evaluated
+    from frpo.runs import Target
+
+    config = safety()
+    ev = config["tracks"]["safety"]["eval"]
+    ev["runs"], ev["settings"] = ["grpo"], []
+    validate_config(config, SCHEMA)
+    v = view(config, "safety")
+    setting = finetune_settings(v)[0]
+    assert evaluated(v, Target("base")) and evaluated(v, Target.rl("grpo", 0))
+    assert not evaluated(v, Target.rl("frpo_lam0.2", 0)) and not evaluated(v, Target.ft("grpo", 0, setting, 0))
+    ev["settings"] = [setting]
+    assert evaluated(view(config, "safety"), Target.ft("grpo", 0, setting, 0))
+    for key, value, message in [("runs", ["frpo_lam9"], r"eval\.runs\.0: 'frpo_lam9' is not an RL run"),
+                                ("settings", ["alpaca-full-lr1-ep1"], r"eval\.settings\.0: 'alpaca-full-lr1-ep1' "
+                                                                      r"is not a fine-tuning setting")]:
+        bad = safety()
+        bad["tracks"]["safety"]["eval"][key] = value
+        with pytest.raises(ConfigError, match=message):
+            validate_config(bad, SCHEMA)
+
+
+def test_figures_are_chosen_by_name_and_the_floor_needs_its_samples():
+    config = safety()
+    config["tracks"]["safety"]["figures"] = ["fig_rl_curves", "fig_chess"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.figures: 'fig_chess' is not a figure or table of track"):
+        validate_config(config, SCHEMA)
+    config["tracks"]["safety"]["figures"] = ["fig_rl_curves", "fig_floor"]
+    del config["tracks"]["safety"]["floor"]
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.floor: missing \(fig_floor reads the RL models' "
+                                          r"sampled rewards"):
+        validate_config(config, SCHEMA)
+    config["tracks"]["safety"]["figures"] = ["fig_rl_curves"]
+    validate_config(config, SCHEMA)

@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def paper() -> dict:
-    return yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    """The paper config's math track."""
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    config["tracks"] = {"math": config["tracks"]["math"]}
+    return config
 
 
 def by_stage(rows):
@@ -53,7 +56,15 @@ def test_the_jobs_counted_are_the_jobs_a_dry_run_plans(tmp_path):
         assert planned.get(stage) == n, (stage, n, planned)
 
 
-def test_the_cost_command_prints_the_table(tmp_path, capsys):
+def test_the_cost_command_prints_the_table(tmp_path, capsys, monkeypatch):
+    from configs import PAPER_ENV, paper_files
+
+    paper_files(tmp_path)  # the safety experiments' local files, where the paper config names them
+    monkeypatch.chdir(tmp_path)
+    for key, value in PAPER_ENV.items():
+        monkeypatch.setenv(key, value)
     assert main(["cost", "--config", str(ROOT / "config" / "paper.yaml")]) == 0
     table = capsys.readouterr().out
-    assert "| math | rl_train | 8 | 4 | 24 | 768 |" in table and "**1,287**" in table
+    assert "| math | rl_train | 8 | 4 | 24 | 768 |" in table
+    # Mistral: 7 runs x 3 seeds on the 7b size's 4 GPUs for 24 h; Qwen2.5-32B's GRPO run on 8 GPUs for 48 h
+    assert "| mistral | rl_train | 21 | 4 | 24 | 2,016 |" in table and "| qwen32b | rl_train | 1 | 8 | 48 | 384 |" in table

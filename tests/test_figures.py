@@ -92,7 +92,7 @@ def _rl_metrics(path, grpo_seeds=(0,)):
 
 
 def test_rl_curves_shade_the_step_spread_for_one_seed(tmp_path):
-    curves = rl_curves(_rl_metrics(tmp_path / "rl_metrics.csv"), tmp_path / "fig" / "rl.png")
+    curves = rl_curves(_rl_metrics(tmp_path / "rl_metrics.csv"), tmp_path / "fig" / "rl.png", track="safety")
     assert (tmp_path / "fig" / "rl.png").stat().st_size > 1000 and (tmp_path / "fig" / "rl.pdf").is_file()
     safety = curves[(curves["key"] == "rewards/safety/mean") & (curves["run"] == "grpo")]
     assert list(safety["step"]) == [1, 3]  # the null step is skipped, not drawn as 0
@@ -102,7 +102,8 @@ def test_rl_curves_shade_the_step_spread_for_one_seed(tmp_path):
 
 
 def test_rl_curves_shade_the_std_across_seeds(tmp_path):
-    curves = rl_curves(_rl_metrics(tmp_path / "rl_metrics.csv", grpo_seeds=(0, 1)), tmp_path / "rl.png")
+    curves = rl_curves(_rl_metrics(tmp_path / "rl_metrics.csv", grpo_seeds=(0, 1)), tmp_path / "rl.png",
+                       track="safety")
     safety = curves[(curves["key"] == "rewards/safety/mean") & (curves["run"] == "grpo")]
     assert list(safety["mean"]) == pytest.approx([0.11, 0.31])
     assert list(safety["band"]) == pytest.approx([statistics.stdev([0.1, 0.12]), statistics.stdev([0.3, 0.32])])

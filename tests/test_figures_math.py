@@ -55,7 +55,7 @@ def _pct(values):
 
 
 def test_table2_cells_are_mean_and_std_over_seeds_beside_the_papers(tmp_path):
-    table = table2(_evals(tmp_path / "evals.csv"), tmp_path / "t2.csv", tmp_path / "t2.md")
+    table = table2(_evals(tmp_path / "evals.csv"), tmp_path / "t2.csv", tmp_path / "t2.md", track="math")
     assert list(table["model"]) == ["GRPO", "FRPO λ=10", "FRPO λ=2", "base model"]  # λ=4 etc. absent, not zero
     rows = table.set_index("run")
     for run in RUNS:
@@ -100,8 +100,9 @@ def test_table2_needs_one_fine_tuning_setting(tmp_path):
     other = [_row("grpo", "ft", "math500", "math_verify,none", 0.2, 0, 0, "code-full-lr1e-5-ep1")]
     evals = _evals(tmp_path / "evals.csv", other)
     with pytest.raises(ValueError, match="several fine-tuning settings"):
-        table2(evals, tmp_path / "t2.csv", tmp_path / "t2.md")
-    table = table2(evals, tmp_path / "t2.csv", tmp_path / "t2.md", setting="code-full-lr1e-5-ep1").set_index("run")
+        table2(evals, tmp_path / "t2.csv", tmp_path / "t2.md", track="math")
+    table = table2(evals, tmp_path / "t2.csv", tmp_path / "t2.md", setting="code-full-lr1e-5-ep1",
+                   track="math").set_index("run")
     assert table.loc["grpo", "math500_ft"] == pytest.approx(20.0) and table.loc["grpo", "math500_ft_n_seeds"] == 1
     assert math.isnan(table.loc["frpo_lam2", "math500_ft"])
 

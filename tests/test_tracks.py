@@ -23,7 +23,8 @@ def test_every_track_names_what_the_pipeline_asks_of_it(name):
     assert set(track.FINETUNE) <= set(track.DATA)
     for figure, spec in track.FIGURES.items():
         assert spec["kind"] in ("figure", "table") and spec["caption"], figure
-        assert set(spec["tables"]) <= {"rl_metrics", "evals", "tracking"}, figure
+        assert set(spec["tables"]) <= {"rl_metrics", "evals", "tracking", "rewards"}, figure
+        assert spec.get("scope", "experiment") in ("experiment", "track"), figure
         module, _, function = spec["draw"].partition(":")
         assert callable(getattr(__import__(module, fromlist=[function]), function)), figure
 
@@ -136,7 +137,7 @@ def test_an_unknown_hub_source_fails_at_dag_start_naming_the_key():
     from frpo.config import ConfigError, validate_config
     from configs import ROOT, load_config
 
-    config = load_config("paper.yaml")
+    config = load_config("paper.yaml", tracks=["math"])
     config["tracks"]["math"]["data"]["math_problems"] = "hub:competition_math"
     with pytest.raises(ConfigError, match=r"tracks\.math\.data\.math_problems: unknown hub source "
                                           r"'hub:competition_math' \(known: hub:math_train"):

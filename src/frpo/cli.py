@@ -115,6 +115,12 @@ def _cmd_collect(a):
     return _print({"table": a.kind, "rows": len(table), "out": a.out})
 
 
+def _concat_tables(paths: list[str]):
+    import pandas as pd
+
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+
+
 def _cmd_figure(a):
     import importlib
 
@@ -125,7 +131,12 @@ def _cmd_figure(a):
     if a.name not in figures:
         raise SystemExit(f"figure: track {a.track!r} has no figure or table {a.name!r} (known: {', '.join(figures)})")
     entry = figures[a.name]
-    given = {label: str(path) for label, path in labelled_paths(a.tables)}
+    paths: dict[str, list[str]] = {}
+    for label, path in labelled_paths(a.tables):
+        paths.setdefault(label, []).append(str(path))
+    # a table named several times (a figure over several experiments): one frame of all their rows, whose `track`
+    # column tells the experiments apart
+    given = {label: p[0] if len(p) == 1 else _concat_tables(p) for label, p in paths.items()}
     missing = [t for t in entry["tables"] if t not in given]
     if missing:
         raise SystemExit(f"figure {a.name}: missing table(s) {', '.join(missing)} (give them as NAME=CSV)")
@@ -154,14 +165,14 @@ def _floor_rewards(path: str, probe: str | None) -> list[list[float]]:
     """One list of sampled rewards per prompt from ``path``: lines that are lists of numbers, or lines of
     ``frpo sample-rewards`` (``{"probe", "prompt_index", "rewards", ...}``), of which ``probe`` picks one probe's
     (required when the file has several). Errors name the file and line."""
+    from .io import json_lines
+
     lists, records = [], []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"floor: {path}:{i}: not JSON ({err})") from err
+    try:
+        lines = list(json_lines(path))
+    except ValueError as err:
+        raise SystemExit(f"floor: {err}") from err
+    for i, row in lines:
         values = row.get("rewards") if isinstance(row, dict) else row
         if not isinstance(values, list) or not values or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):

@@ -121,12 +121,12 @@ def check_compute(config: dict, source: str, root: str | Path = ".") -> None:
     """What the schema cannot say about ``compute``: a track's ``model.size`` is one of ``compute.sizes``; CPU
     configs give ``processes`` and no GPUs, GPU configs give GPUs and no ``processes``; several nodes are only for
     GPU jobs; vLLM's tensor parallelism fits in one node's GPUs; the strategy's accelerate config exists."""
-    from .config import ConfigError
+    from .config import ConfigError, experiment_block
 
     sizes = (config.get("compute") or {}).get("sizes") or {}
     cpu = config["device"] == "cpu"
-    for name, block in config["tracks"].items():
-        size = block["model"].get("size")
+    for name in config["tracks"]:
+        size = experiment_block(config, name)["model"].get("size")
         if size is not None and size not in sizes:
             raise ConfigError(f"{source}: tracks.{name}.model.size: {size!r} is not one of compute.sizes "
                               f"({', '.join(sizes) or 'none configured'})")

@@ -97,7 +97,8 @@ def _merge(base: dict, over: dict) -> dict:
 def experiment_block(config: dict, name: str, source: str = "config") -> dict:
     """Block ``name`` of ``config["tracks"]`` with its ``extends`` chain resolved: each ``extends: OTHER`` block is
     deep-merged onto OTHER's resolved block (mappings merge key by key; lists and values replace), so a variant
-    (another model, another sweep) writes only what differs. Unknown or circular ``extends`` are refused."""
+    (another model, another sweep) writes only what differs. Unknown or circular ``extends`` are refused. ``kind``
+    is always set: given, inherited, or the name of the block the chain starts from."""
     blocks = config["tracks"]
     chain, at = [], name
     while at is not None:
@@ -108,7 +109,7 @@ def experiment_block(config: dict, name: str, source: str = "config") -> dict:
                               f"(known: {', '.join(blocks)})")
         chain.append(at)
         at = blocks[at].get("extends")
-    out: dict = {}
+    out: dict = {"kind": chain[-1]}  # a block's track defaults to the name of the block its chain starts from
     for block in reversed(chain):
         out = _merge(out, {k: v for k, v in blocks[block].items() if k != "extends"})
     return out

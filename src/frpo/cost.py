@@ -18,6 +18,7 @@ def cost_rows(config: dict) -> list[dict]:
     from .config import evaluated, finetune_settings, ft_seeds, rl_runs, rl_seeds, view
     from .evals import resources
     from .runs import Target
+    from .tracks import get_track
 
     rows: dict[tuple, dict] = {}
 
@@ -48,7 +49,9 @@ def cost_rows(config: dict) -> list[dict]:
             method = t.setting.method
             j = job(v, sft_stage(method))
             add(track, f"finetune ({method})", 1, total_gpus(j), j.runtime)
-        if "floor" in v:  # sample_rewards (workflow/rules/track.smk): one GPU, 2 h, per RL model
+        figures = get_track(v["track"]).FIGURES
+        if any("rewards" in figures[f]["tables"] for f in v.get("figures", figures)):
+            # sample_rewards (workflow/rules/track.smk), which a figure of the experiment reads: one GPU, 2 h each
             add(track, "sample_rewards", len(rl_targets), 1 if v["device"] == "cuda" else 0, 120)
         models = [x for x in (Target("base"), *rl_targets, *ft_targets) if evaluated(v, x)]
         for bench in v["eval"]["benchmarks"]:

@@ -63,10 +63,11 @@ def floor(rewards_by_prompt: Sequence[Sequence[float]], rho: float, *, jackknife
 
 
 def floor_curve(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[float], *, jackknife: bool = True,
-                lam_min: float = 1e-3, lam_max: float = 1e3, grid: int = 61, refine: bool = True) -> list[dict]:
+                lam_min: float = 1e-3, lam_max: float = 1e3, grid: int = 61, tol: float = 1e-4) -> list[dict]:
     """:func:`floor` at each ρ of ``rhos``. The part of the dual that does not depend on ρ,
-    E_x[−λ log E e^{−r/λ}], is computed once on the λ grid and shared by every ρ; with ``refine=False`` (the
-    bootstrap's draws) the supremum is the grid's best point, without the golden-section refinement."""
+    E_x[−λ log E e^{−r/λ}], is computed once on the λ grid and shared by every ρ; the golden-section refinement
+    around each ρ's best grid point stops at ``tol`` in log λ (the dual is flat at its maximum: an error ε in log λ
+    costs about ε² of the floor's scale)."""
     for rho in rhos:
         if not (math.isfinite(rho) and rho > 0):
             raise ValueError(f"rho (KL budget ρ) must be > 0, got {rho}")
@@ -86,12 +87,11 @@ def floor_curve(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[flo
         values = [gi - lam * rho for gi, lam in zip(g, lams)]
         best = max(range(grid), key=values.__getitem__)
         lam, value = lams[best], values[best]
-        if refine:
-            lo, hi = logs[max(best - 1, 0)], logs[min(best + 1, grid - 1)]
-            t = golden_section_min(lambda u: -_dual(rewards, idx, math.exp(u), rho, jackknife), lo, hi, 1e-6)
-            refined = _dual(rewards, idx, math.exp(t), rho, jackknife)
-            if refined >= value:
-                lam, value = math.exp(t), refined
+        lo, hi = logs[max(best - 1, 0)], logs[min(best + 1, grid - 1)]
+        t = golden_section_min(lambda u: -_dual(rewards, idx, math.exp(u), rho, jackknife), lo, hi, tol)
+        refined = _dual(rewards, idx, math.exp(t), rho, jackknife)
+        if refined >= value:
+            lam, value = math.exp(t), refined
         out.append({"rho": rho, "floor": min(max(value, worst), mean), "lambda": lam, "mean_reward": mean})
     return out
 
@@ -99,8 +99,7 @@ def floor_curve(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[flo
 def floor_band(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[float], *, n_boot: int = 200,
                level: float = 0.95, seed: int = 0, resample_samples: bool = False, **kwargs) -> list[dict]:
     """:func:`floor_curve` with a bootstrap band: each row gains ``lo`` and ``hi``, the ``level`` percentile
-    interval of the floor over ``n_boot`` resamples of the prompts (each draw's supremum on the λ grid, without
-    refinement). With ``resample_samples`` each drawn prompt's samples are resampled too; off by default, since a
+    interval of the floor over ``n_boot`` resamples of the prompts (each computed as the estimate is). With ``resample_samples`` each drawn prompt's samples are resampled too; off by default, since a
     resample often drops a prompt's lowest reward, which the floor tends to at large ρ, and so lifts the whole
     band above the estimate there."""
     if not 0 < level < 1:
@@ -116,7 +115,7 @@ def floor_band(rewards_by_prompt: Sequence[Sequence[float]], rhos: Sequence[floa
                                                            generator=gen).tolist()] for p in picked]
         else:
             sample = [groups[p] for p in picked]
-        draws.append([r["floor"] for r in floor_curve(sample, rhos, **{**kwargs, "refine": False})])
+        draws.append([r["floor"] for r in floor_curve(sample, rhos, **kwargs)])
     per_rho = torch.tensor(draws, dtype=torch.float64)  # [n_boot, n_rhos]
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     bounds = torch.quantile(per_rho, q, dim=0)

@@ -13,6 +13,20 @@ from pathlib import Path
 __all__ = ["atomic_dir", "atomic_file", "atomic_write_text", "labelled_paths", "sha256_file", "update_hash"]
 
 
+def json_lines(path: str | os.PathLike):
+    """``(line number, value)`` for each non-blank line of the JSON-lines file ``path``; a line that is not JSON
+    raises ValueError naming the file and the line."""
+    import json
+
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{i}: not JSON ({err})") from err
+
+
 def labelled_paths(pairs: list[str]) -> list[tuple[str, Path]]:
     """``["LABEL=PATH", ...]`` (the workflow's way of passing labelled inputs) as ``[(label, Path), ...]``."""
     out = []

@@ -148,14 +148,10 @@ def read_rewards(path: str | Path) -> list[dict]:
     """The lines of a rewards file written by :func:`sample_rewards`, checked: each an object with ``probe``
     (str), ``prompt_index`` (int) and ``rewards`` (a non-empty list of finite numbers). Errors name the file and
     line."""
+    from .io import json_lines
+
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{i}: not JSON ({err})") from err
+    for i, row in json_lines(path):
         rewards = row.get("rewards") if isinstance(row, dict) else None
         if (not isinstance(row, dict) or not isinstance(row.get("probe"), str)
                 or isinstance(row.get("prompt_index"), bool) or not isinstance(row.get("prompt_index"), int)

@@ -19,7 +19,7 @@ rule figure:
     resources:
         gpu=0,
         mem_mb=2000,
-        runtime=5,
+        runtime=60,  # minutes: the floor figure bootstraps the floor of every RL model
     conda:
         ENV
     shell:
@@ -42,7 +42,7 @@ rule figure_across:  # a figure drawn once over every experiment of a track (sco
     resources:
         gpu=0,
         mem_mb=2000,
-        runtime=5,
+        runtime=60,  # minutes: the floor figure bootstraps the floor of every RL model
     conda:
         ENV
     shell:
@@ -66,7 +66,7 @@ rule table:
     resources:
         gpu=0,
         mem_mb=2000,
-        runtime=5,
+        runtime=60,  # minutes: the floor figure bootstraps the floor of every RL model
     conda:
         ENV
     shell:

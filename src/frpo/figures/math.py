@@ -109,7 +109,7 @@ def _select(data: pd.DataFrame, benchmark: str, metric: str, stage: str, setting
 
 def table2(evals_csv: str | Path, out_csv: str | Path, out_md: str | Path,
            paper: Mapping[tuple[str, float | None], Mapping[str, float]] = PAPER_TABLE2, *,
-           setting: str | None = None, track: str | None = "math") -> pd.DataFrame:
+           setting: str | None = None, track: str | None = None) -> pd.DataFrame:
     """Paper Table 2 from ``evals.csv``: one row per RL run (GRPO, then λ descending; a run with no evaluation is
     absent) and one for the base model (stage ``base``), with MATH500 (``math500``, ``math_verify,none``) and
     MBPP+ (``mbpp_plus``, ``pass@1_plus``) in percent before (Base: the RL model) and after (FT: fine-tuning
@@ -184,7 +184,7 @@ def _table2_markdown(records: list[dict], setting: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fig14(rl_metrics_csv: str | Path, out: str | Path, track: str | None = "math") -> pd.DataFrame:
+def fig14(rl_metrics_csv: str | Path, out: str | Path, track: str | None = None) -> pd.DataFrame:
     """Paper Fig. 14: the format reward and the correctness reward (training accuracy) against RL step, one line
     per run: the mean over RL seeds, shaded ± the std across seeds, or for a single seed ± the std of the step's
     rewards (``rewards/<name>/std``). A dotted line marks where the paper's curves end. Returns the plotted
@@ -220,7 +220,7 @@ def lambda_star_band(std: float, rho: Sequence[float] = (0.02, 0.3)) -> tuple[fl
     return (min(values), max(values))
 
 
-def grpo_reward_std(rl_metrics: str | Path | pd.DataFrame, last: int = 5, track: str | None = "math") -> float:
+def grpo_reward_std(rl_metrics: str | Path | pd.DataFrame, last: int = 5, track: str | None = None) -> float:
     """GRPO's within-group reward std as the paper reads it off the end of training (§5.1.1): the mean of
     ``frpo/reward_std_within_group`` over the last ``last`` logged steps of each RL seed, averaged over seeds.
     NaN where no GRPO run logged it."""
@@ -235,7 +235,7 @@ def grpo_reward_std(rl_metrics: str | Path | pd.DataFrame, last: int = 5, track:
 
 def math500_vs_lambda(evals_csv: str | Path, rl_metrics_csv: str | Path, out: str | Path,
                       rho: Sequence[float] = (0.02, 0.3), *, setting: str | None = None,
-                      track: str | None = "math", last: int = 5, paper: Mapping = PAPER_TABLE2) -> dict:
+                      track: str | None = None, last: int = 5, paper: Mapping = PAPER_TABLE2) -> dict:
     """MATH500 after code fine-tuning against λ (log axis): each FRPO run the mean over seeds with ± std error
     bars (one seed: its 95% interval), GRPO a dashed horizontal line (± std shaded), the paper's Table 2 FT
     values as hollow markers, and a vertical band where λ* = std/√(2ρ) for ρ in ``rho``, with std GRPO's measured

@@ -28,7 +28,7 @@ __all__ = ["EVAL_DETAILS", "final_table", "lambda_landscape", "rl_curves"]
 
 
 def lambda_landscape(tracking_csv: str | Path, out: str | Path, kl_ball: float | None = 0.3,
-                     track: str | None = "safety") -> pd.DataFrame:
+                     track: str | None = None) -> pd.DataFrame:
     """Safety reward (greedy completions) vs per-token KL (sampled completions) during fine-tuning; one panel per
     fine-tuning setting, one line per RL run. A point is the mean over seeds at that tracking step with ± std
     error bars on both axes; a point with one seed carries its 95% bootstrap interval over the held-out prompts
@@ -74,7 +74,7 @@ def lambda_landscape(tracking_csv: str | Path, out: str | Path, kl_ball: float |
     return pd.concat(drawn, ignore_index=True) if drawn else pd.DataFrame()
 
 
-def rl_curves(rl_metrics_csv: str | Path, out: str | Path, track: str | None = "safety") -> pd.DataFrame:
+def rl_curves(rl_metrics_csv: str | Path, out: str | Path, track: str | None = None) -> pd.DataFrame:
     """RL training curves per run: safety and helpfulness rewards, per-token KL, within-group reward std; each
     the mean over RL seeds, shaded ± the std across seeds, or for a single seed ± the std of the step's rewards
     (TRL's ``rewards/<name>/std``: the spread of what the step sampled, not a confidence interval).
@@ -199,7 +199,7 @@ def _evaluated(data: pd.DataFrame, records: dict, keys: dict, notes: dict) -> tu
 
 
 def final_table(tracking_csv: str | Path, evals_csv: str | Path, out_csv: str | Path, out_md: str | Path,
-                track: str | None = "safety") -> pd.DataFrame:
+                track: str | None = None) -> pd.DataFrame:
     """One row per model — ``base``, each RL run, each ``RUN/SETTING`` after fine-tuning — with the first/last
     tracked values of its fine-tuning and every evaluation of ``evals.csv`` (one column per benchmark, or per
     ``benchmark:metric`` where a benchmark reports several metrics).

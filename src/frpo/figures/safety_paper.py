@@ -22,7 +22,6 @@ has one. A needed column, run or benchmark that is missing is a ``ValueError`` t
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,8 +73,6 @@ FIG4_BENCHMARKS = {"harmbench": ("HarmBench refusal rate", "↑ safer"),
 _KL, _KL_SEQ = "kl_per_token_sampled", "kl_per_sequence_sampled"
 _SAFETY, _HELP = "safety_reward_greedy", "helpfulness_reward_greedy"
 _SAFETY_SAMPLED = "safety_reward_sampled"
-_SETTING = re.compile(r"(?P<dataset>[a-z0-9_]+)-(?P<method>full|lora(?:_r(?P<rank>[1-9][0-9]*))?)"
-                      r"-lr(?P<lr>[0-9]+(?:\.[0-9]+)?(?:[eE]-?[0-9]+)?)-ep(?P<epochs>[0-9]+)")
 _METHOD_MARKER = {"full": "o", "lora": "^"}
 _DATASET_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 #: ρ stands in for 0 where the floor is asked at zero KL: frpo.floor needs ρ > 0, and F(ρ) → mean reward as ρ → 0
@@ -85,18 +82,14 @@ _RHO_MIN = 1e-6
 
 # --------------------------------------------------------------------------------------------------- helpers
 def parse_setting(name: str) -> dict:
-    """``<dataset>-<method>-lr<lr>-ep<epochs>`` → dataset, method (``full``, ``lora`` or ``lora_r<N>``), family
-    (``full`` or ``lora``: the marker of Fig. 2), rank (``lora_r<N>``'s N, else None), lr (text), epochs.
+    """``<dataset>-<method>-lr<lr>-ep<epochs>`` (:func:`frpo.runs.parse_setting`) as the figures group it: dataset,
+    method as named (``full``, ``lora`` or ``lora_r<N>``), family (``full`` or ``lora``: the marker of Fig. 2),
+    rank (``lora_r<N>``'s N, else None), lr (text), epochs."""
+    from ..runs import parse_setting as parse
 
-    Parsed here rather than by :func:`frpo.runs.parse_setting` so that LoRA ranks in setting names (the paper's
-    Fig. 5 sweeps r ∈ {16, 32}) read whether or not that function knows them yet."""
-    match = _SETTING.fullmatch(name)
-    if not match:
-        raise ValueError(f"fine-tuning setting {name!r} is not <dataset>-<full|lora|lora_r<N>>-lr<lr>-ep<epochs>")
-    rank = match["rank"]
-    return {"dataset": match["dataset"], "method": match["method"],
-            "family": "full" if match["method"] == "full" else "lora", "rank": int(rank) if rank else None,
-            "lr": match["lr"], "epochs": int(match["epochs"])}
+    s = parse(name)
+    return {"dataset": s.dataset, "method": s.method if s.lora_rank is None else f"lora_r{s.lora_rank}",
+            "family": s.method, "rank": s.lora_rank, "lr": s.lr_text, "epochs": s.epochs}
 
 
 def _need(data: pd.DataFrame, columns: Sequence[str], table: str, what: str) -> None:

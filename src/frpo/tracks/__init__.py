@@ -15,11 +15,15 @@ pipeline knows it by name:
 * ``PROBES`` and ``probes(spec) -> list[frpo.track.Probe]``: what the forgetting tracker measures during
   fine-tuning (``finetune.track.n_prompts`` gives the number of prompts of each);
 * ``FIGURES``: its figures and tables, name -> ``{"draw": "module:function", "tables": [...], "kind": "figure" |
-  "table"}``, drawn from the tidy tables (``frpo.tables``) by the generic ``figure`` and ``table`` rules;
+  "table", "caption": ..., "scope": "experiment" | "track"}``, drawn from the tidy tables (``frpo.tables``:
+  ``tracking``, ``rl_metrics``, ``evals``, ``rewards``) by the generic ``figure`` and ``table`` rules, per
+  experiment, or (scope ``track``) once by ``figure_across`` over the tables of every experiment of the track
+  that draws it, concatenated (their ``track`` column names the experiment);
 * ``check(view, source)``: what its config block needs beyond the schema (judges' credentials, say).
 
 Adding a track is one module here, one entry in :data:`TRACKS` and one block under ``tracks:`` in a config; the
-trainer, the rules and the other tracks are unchanged.
+trainer, the rules and the other tracks are unchanged. A config block is an *experiment*, an instance of a track
+(``kind``, default the block's name): several experiments of one track (one per model, say) share this module.
 """
 
 from __future__ import annotations

@@ -73,6 +73,46 @@ FIGURES = {
                    "per-token KL reached (sampled), and every evaluation of π_ref, the RL models and the fine-tuned "
                    "models. Each value sits beside its 95% bootstrap interval over prompts (or ± std over seeds), "
                    "its sample count, and any limit, subset, malformed or excluded count."},
+    "fig2": {
+        "draw": "frpo.figures.safety_paper:fig2", "tables": ["tracking"], "kind": "figure", "scope": "track",
+        "caption": "Paper Fig. 2, over every experiment of the track that draws it (one colour per model): each "
+                   "GRPO-safety-trained model fine-tuned on GSM8K in every setting of its sweep ({full, LoRA} × lr × "
+                   "epochs), one point per setting at its final tracked step, seeds averaged. Left: safety reward "
+                   "(greedy) against per-token KL to the pre-fine-tuning model (sampled); right: helpfulness reward "
+                   "divided by its step-0 value. Shaded: the KL ball (per-token KL ≤ 0.3)."},
+    "fig3_lambda_star": {
+        "draw": "frpo.figures.safety_paper:lambda_star_vs_rho", "tables": ["rl_metrics", "rewards"],
+        "kind": "figure",
+        "caption": "Paper Fig. 3 (right): λ*(ρ) against the KL budget ρ. Theory: std/√(2ρ), std the GRPO run's "
+                   "within-group reward std over its last 5 logged steps; numeric: the maximiser of the dual "
+                   "E_x[−λ log E_y e^{−r/λ}] − λρ on the GRPO model's sampled safety rewards (frpo sample-rewards), "
+                   "per RL seed (mean ± std). Shaded: ρ ∈ [0.02, 0.3]."},
+    "fig4": {
+        "draw": "frpo.figures.safety_paper:fig4", "tables": ["evals"], "kind": "figure",
+        "caption": "Paper Fig. 4 at its end points: HarmBench refusal rate (↑) and StrongREJECT score (↓) of the "
+                   "base model and of GRPO and FRPO λ=0.2 before and after GSM8K fine-tuning (full, lr 6e-6, one "
+                   "epoch), mean ± std over seeds. The paper draws these over fine-tuning steps; here the curve over "
+                   "steps is the tracker's safety reward (fig_lambda_landscape)."},
+    "table1": {
+        "draw": "frpo.figures.safety_paper:table1", "tables": ["evals"], "kind": "table",
+        "caption": "Paper Table 1: GSM8K maj@8, MMLU 5-shot, IFEval and HumanEval(+) of the base model, GRPO and "
+                   "FRPO λ=0.2, before → after GSM8K fine-tuning (ours: mean ± std over seeds), beside the paper's "
+                   "Mistral numbers in columns marked (paper). The base model is not fine-tuned in this DAG (–)."},
+    "fig5": {
+        "draw": "frpo.figures.safety_paper:fig5", "tables": ["tracking"], "kind": "figure",
+        "caption": "Paper Fig. 5: GRPO against FRPO λ=0.2 over every fine-tuning setting of the two runs (the 48 "
+                   "sampled from {full, LoRA r16, LoRA r32} × lr × epochs × {Alpaca, GSM8K}, and the main ones), one "
+                   "point per setting at its final tracked step: safety (left) and helpfulness (right) reward "
+                   "(greedy) against per-token KL (sampled). Dashed: KL 0.3."},
+    "fig_floor": {
+        "draw": "frpo.figures.safety_paper:floor_figure", "tables": ["tracking", "rewards"], "kind": "figure",
+        "caption": "Beyond the paper, the forgetting floor: for each RL model, the Donsker–Varadhan lower bound "
+                   "sup_λ E_x[−λ log E_π e^{−r/λ}] − λρ on the mean safety reward of every model within mean "
+                   "sequence-level KL ρ of it, from its sampled rewards on the held-out harmful prompts (jackknifed; "
+                   "band: 95% bootstrap over prompts), against every tracked point of the fine-tuning runs that "
+                   "started from it (x: sequence-level KL on the harmful prompts; y: safety reward of sampled "
+                   "completions). fig_floor.csv beside the figure lists each point's floor and whether it respects "
+                   "it."},
 }
 
 
