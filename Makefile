@@ -26,9 +26,8 @@ demo: install
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
-# The smoke config (tiny models, both tracks, every rule; 64 jobs in about 7 minutes on 2 cores). Its jobs spend
-# most of their time starting Python, so two run at once (--cores 4). SMOKE_TARGETS: a part of it (CI runs the math
-# track here and the safety track through its SLURM test).
+# The smoke config (tiny models, both tracks, every rule and figure; about 90 jobs in about 11 minutes on 2 cores).
+# Its jobs spend most of their time starting Python, so two run at once (--cores 4). SMOKE_TARGETS: a part of it.
 SMOKE_TARGETS ?=
 smoke: install
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/snakemake $(SMOKE_TARGETS) --cores 4 --configfile config/smoke.yaml

@@ -50,9 +50,14 @@ def test_dry_run_plans_the_pipeline(name, tmp_path):
     assert "results/smoke/math/figures/table2.csv" in out or name != "smoke.yaml"
 
 
+def paper_math(tmp_path) -> Path:
+    """config/paper.yaml with its math track only (the safety experiments: tests/test_paper_safety.py)."""
+    return write_config(tmp_path / "paper.yaml", load_config("paper.yaml", tracks=["math"]))
+
+
 def test_slurm_profile_dry_run_declares_gpu_resources(tmp_path):
     result = snakemake("-n", "--profile", str(ROOT / "profiles" / "slurm"), "-d", str(tmp_path),
-                       "--configfile", str(ROOT / "config" / "paper.yaml"))
+                       "--configfile", str(paper_math(tmp_path)))
     out = result.stdout + result.stderr
     assert re.search(r"rule rl_train:\n(?:    .*\n)*?    resources: [^\n]*\bgpu=4, nodes=1, cpus_per_gpu=8", out)
     assert "is extended by additional config" not in out  # the named config alone
@@ -210,7 +215,7 @@ def test_the_paper_config_plans_the_whole_math_track_with_gpu_resources_and_no_d
     model), every GPU job sized (gpu, mem_mb, runtime), and no value of the demo config in any job's command: the
     paper config is complete on its own (Snakefile: the demo config is read only when no --configfile is given)."""
     result = snakemake("-n", "-p", "--profile", str(ROOT / "profiles" / "slurm"), "-d", str(tmp_path),
-                       "--configfile", str(ROOT / "config" / "paper.yaml"))
+                       "--configfile", str(paper_math(tmp_path)))
     out = result.stdout + result.stderr
     assert "is extended by additional config" not in out
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("Reasons:")[0], flags=re.M))
@@ -246,7 +251,7 @@ def test_the_paper_configs_large_models_ask_for_several_gpus_and_a_sharded_strat
     """The paper config's math track on a 14B or a 32B model (its model.size; the Fig. 2 models of the safety
     track take the same compute.sizes entries): every training job asks SLURM for several GPUs and starts through
     `frpo launch` with ZeRO-3, one process per GPU."""
-    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    config = load_config("paper.yaml", tracks=["math"])
     config["tracks"]["math"]["model"]["size"] = size
     sizes = config["compute"]["sizes"][size]
     cfg = write_config(tmp_path / f"paper_{size}.yaml", config)
