@@ -63,6 +63,16 @@ def test_the_landscape_draws_the_interval_of_a_single_seed(tmp_path, monkeypatch
     assert calls[0][1] == pytest.approx([0.8, 0.65, 0.5])
 
 
+def test_the_landscape_draws_the_settings_every_run_went_through(tmp_path, monkeypatch):
+    calls = _record_errorbars(monkeypatch)
+    data = pd.read_csv(_tracking(tmp_path / "tracking.csv"))
+    extra = data[data["run"] == "grpo"].assign(setting="gsm8k-lora_r16-lr1e-6-ep2")  # a sweep of GRPO's only
+    points = lambda_landscape(pd.concat([data, extra], ignore_index=True), tmp_path / "l.png")
+    assert set(points["setting"]) == {SETTING} and len(calls) == 2
+    alone = lambda_landscape(extra, tmp_path / "alone.png")  # nothing common to every run: each setting drawn
+    assert set(alone["setting"]) == {"gsm8k-lora_r16-lr1e-6-ep2"}
+
+
 def test_the_landscape_averages_seeds_with_std_error_bars(tmp_path, monkeypatch):
     calls = _record_errorbars(monkeypatch)
     seeds = ((0, 0), (0, 1), (1, 0), (1, 1))

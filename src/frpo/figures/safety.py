@@ -30,13 +30,17 @@ __all__ = ["EVAL_DETAILS", "final_table", "lambda_landscape", "rl_curves"]
 def lambda_landscape(tracking_csv: str | Path, out: str | Path, kl_ball: float | None = 0.3,
                      track: str | None = None) -> pd.DataFrame:
     """Safety reward (greedy completions) vs per-token KL (sampled completions) during fine-tuning; one panel per
-    fine-tuning setting, one line per RL run. A point is the mean over seeds at that tracking step with ± std
-    error bars on both axes; a point with one seed carries its 95% bootstrap interval over the held-out prompts
-    instead. ``tracking_csv`` is the tidy ``tracking.csv``. Returns the plotted points."""
+    fine-tuning setting that every RL run went through (the paper's landscape compares λ in one setting; the
+    sweeps that only some runs take, Figs. 2 and 5, are drawn there), or per setting when none is common to all,
+    one line per RL run. A point is the mean over seeds at that tracking step with ± std error bars on both axes;
+    a point with one seed carries its 95% bootstrap interval over the held-out prompts instead. ``tracking_csv``
+    is the tidy ``tracking.csv``. Returns the plotted points."""
     data = read_table(tracking_csv, track)
     by = ["run", "setting", "step"]
     y_col = "safety_reward_greedy"
     settings = sorted(data["setting"].unique())
+    every_run = set(data["run"])
+    settings = [s for s in settings if set(data.loc[data["setting"] == s, "run"]) == every_run] or settings
     fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4), squeeze=False)
     drawn = []
     for ax, setting in zip(axes[0], settings):
