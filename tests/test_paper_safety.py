@@ -160,3 +160,25 @@ def test_the_cost_table_counts_the_jobs_the_paper_dry_run_plans(dry_run):
         counted[stage] = counted.get(stage, 0) + row["jobs"]
     assert counted == {stage: n for stage, n in stats.items() if stage in counted}
     assert set(counted) >= {"rl_train", "finetune", "sample_rewards", "eval_harmbench", "eval_math500"}
+
+
+def test_a_dry_run_plans_without_the_local_files_and_keys_a_run_refuses_to_start_without(tmp_path):
+    """What this machine lacks (the safety experiments' local files, the OpenAI key) is a warning in a dry run,
+    which plans the whole DAG, and an error naming the key in a run, before any job."""
+    env = {k: v for k, v in os.environ.items() if k not in PAPER_ENV}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    base = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
+            "--configfile", str(ROOT / "config" / "paper.yaml")]
+    planned = subprocess.run([*base, "-np"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = planned.stdout + planned.stderr
+    assert planned.returncode == 0, out[-3000:]
+    assert ("frpo: planning only; a run would stop here: config: tracks.mistral.data.safety_prompts: "
+            "'data/safety/train_lambda_0.5.parquet' is not a file") in out
+    assert "tracks.qwen7b.judges.safety: judge 'safety_paper' needs the environment variable(s) OPENAI_API_KEY" in out
+    assert re.search(r"^rl_train\s+53$", out, flags=re.M)  # the whole plan all the same
+    run = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0
+    assert ("config: tracks.mistral.data.safety_prompts: 'data/safety/train_lambda_0.5.parquet' is not a file"
+            in run.stdout + run.stderr)
+    assert not (tmp_path / "results").exists() and "frpo: planning only" not in run.stdout + run.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from itertools import product
 from pathlib import Path
 
@@ -34,10 +35,12 @@ def _key(path) -> str:
 
 
 def validate_config(config: dict, schema_path: str | Path, source: str = "config",
-                    root: str | Path | None = None) -> dict:
+                    root: str | Path | None = None, plan_only: bool = False) -> dict:
     """Validate ``config`` against the schema at ``schema_path`` and the semantic rules; return it unchanged.
     ``root``: the repository, whose config/accelerate/ holds the distributed strategies (default: the one the
-    schema lies in)."""
+    schema lies in). ``plan_only`` (a dry run): what is absent from this machine rather than wrong in the config (a
+    local data file, an API key in the environment) is printed as a warning instead of refused, so that a plan
+    can be made before the files and keys are in place; every other check is the same."""
     import jsonschema
 
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -61,7 +64,11 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
             else:
                 lines.append(f"{source}: {_key(err.path)}: {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    _check_semantics(config, source, Path(root) if root else Path(schema_path).resolve().parents[2])
+    absent: list[str] = []
+    _check_semantics(config, source, Path(root) if root else Path(schema_path).resolve().parents[2],
+                     absent.append if plan_only else None)
+    for message in absent:
+        print(f"frpo: planning only; a run would stop here: {message}", file=sys.stderr)
     return config
 
 
@@ -151,7 +158,7 @@ def data_path(view: dict, key: str) -> str:
     return str(view["data"][key])
 
 
-def _check_data(view: dict, where: str, source: str) -> None:
+def _check_data(view: dict, where: str, source: str, absent=None) -> None:
     """The track's data keys are all given and known; every local file exists and parses (a missing file or a bad
     row fails now, naming the file and the line). ``hub:`` sources are downloaded and checked by prepare_data."""
     from .data import DataError, read_jsonl, resolve
@@ -177,15 +184,17 @@ def _check_data(view: dict, where: str, source: str) -> None:
             continue
         if src.endswith(".parquet") and track.prepared(key, src):  # prepare_data converts it, naming bad rows
             if not Path(src).is_file():
-                raise ConfigError(f"{source}: {where}.data.{key}: {src!r} is not a file")
+                _absent(f"{source}: {where}.data.{key}: {src!r} is not a file", absent)
             continue
         try:
             read_jsonl(resolve(src), required=spec["fields"])
-        except (DataError, FileNotFoundError, ValueError) as err:
+        except FileNotFoundError as err:
+            _absent(f"{source}: {where}.data.{key}: {err}", absent)
+        except (DataError, ValueError) as err:
             raise ConfigError(f"{source}: {where}.data.{key}: {err}") from err
 
 
-def _check_track(config: dict, name: str, source: str) -> None:
+def _check_track(config: dict, name: str, source: str, absent=None) -> None:
     from .evals import check_eval_config
 
     where = f"tracks.{name}"
@@ -196,7 +205,7 @@ def _check_track(config: dict, name: str, source: str) -> None:
                           "named otherwise says which with kind: <track>)")
     v = view(config, name)
     track = get_track(kind)
-    _check_data(v, where, source)
+    _check_data(v, where, source, absent)
     rl = v["rl"]
     for i, lam in enumerate(rl["lambdas"]):
         value = float(lam)
@@ -259,17 +268,15 @@ def _check_track(config: dict, name: str, source: str) -> None:
                           "refusal classifier on")
     track.check(v, source)
     # the benchmarks check their own sections: names, data files, judges and their credentials (frpo.evals)
-    check_eval_config(v["eval"], where, source)
+    check_eval_config(v["eval"], where, source, absent)
     from .judges import missing_env
 
     judges = {f"{where}.judges.{k}": j for k, j in v["judges"].items() if k != "fit_refusal_judge"}
     for key, judge in judges.items():
         missing = missing_env(judge)
         if missing:
-            raise ConfigError(
-                f"{source}: {key}: judge {judge['name']!r} needs the environment variable(s) "
-                f"{', '.join(missing)}, which are not set"
-            )
+            _absent(f"{source}: {key}: judge {judge['name']!r} needs the environment variable(s) "
+                    f"{', '.join(missing)}, which are not set", absent)
 
 
 def _check_batches(v: dict, where: str, source: str) -> None:
@@ -303,13 +310,21 @@ def per_process_accumulation(section: dict, processes: int) -> int:
     return section.get("gradient_accumulation_steps", 1) // processes
 
 
-def _check_semantics(config: dict, source: str, root: Path) -> None:
-    """``root``: the repository (the schema's workflow/schemas/ lies in it), where config/accelerate/ is."""
+def _check_semantics(config: dict, source: str, root: Path, absent=None) -> None:
+    """``root``: the repository (the schema's workflow/schemas/ lies in it), where config/accelerate/ is.
+    ``absent``: None (refuse what is absent from this machine), or a callable that is handed each such problem."""
     from .compute import check_compute
 
     check_compute(config, source, root)
     for name in config["tracks"]:
-        _check_track(config, name, source)
+        _check_track(config, name, source, absent)
+
+
+def _absent(message: str, absent) -> None:
+    """A file or an environment variable this machine lacks: refused, or handed to ``absent`` (a dry run)."""
+    if absent is None:
+        raise ConfigError(message)
+    absent(message)
 
 
 #: rl keys that take one value for every run or a map {grpo, <λ as in rl.lambdas>, default} (the public launchers

@@ -29,7 +29,21 @@ from frpo.models import merge_mem_mb
 from frpo.runs import RUN_RE, SEED_RE, SETTING_RE, TARGET_RE, Target
 from frpo.tracks import get_track
 
-validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), source="config", root=workflow.basedir)
+def planning_only():
+    """Whether snakemake was asked for a dry run (-n, --dry-run, --dryrun, or -n among other short flags: -np). The
+    workflow does not know it yet while the Snakefile is read, so the command line is asked."""
+    import sys
+
+    for arg in sys.argv[1:]:
+        if arg in ("--dry-run", "--dryrun") or (arg[:1] == "-" and arg[1:2] != "-" and arg[1:].isalpha()
+                                                 and "n" in arg[1:]):
+            return True
+    return False
+
+
+# A dry run plans without the local files and API keys a run needs (it warns about each); a run refuses to start.
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), source="config", root=workflow.basedir,
+                plan_only=planning_only())
 
 # `frpo launch --strategy NAME` reads config/accelerate/NAME.yaml of this repository (jobs inherit the variable)
 os.environ.setdefault(CONFIG_DIR_ENV, os.path.join(workflow.basedir, "config", "accelerate"))

@@ -37,6 +37,11 @@ QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within
 Problem = tuple[str, str]
 
 
+class Absent(tuple):
+    """A :data:`Problem` of the machine rather than of the config: a named file or an environment variable that is
+    not there (yet). A dry run reports it and plans on (frpo.config.validate_config's ``plan_only``)."""
+
+
 def _frozen(d: Mapping) -> Mapping:
     return MappingProxyType(dict(d))
 
@@ -103,7 +108,7 @@ def _check_file(key: str, path: Any) -> Iterator[Problem]:
     if not path:
         yield key, "missing (the path of a local CSV; see config/README.md)"
     elif not Path(os.path.expanduser(str(path))).is_file():
-        yield key, f"{str(path)!r} is not a file"
+        yield Absent((key, f"{str(path)!r} is not a file"))
 
 
 def _check_judge(ev: dict, bench: Benchmark) -> Iterator[Problem]:
@@ -117,8 +122,8 @@ def _check_judge(ev: dict, bench: Benchmark) -> Iterator[Problem]:
     else:
         missing = missing_env(judge)
         if missing:
-            yield key, (f"judge {judge['name']!r} needs the environment variable(s) {', '.join(missing)}, "
-                        "which are not set")
+            yield Absent((key, f"judge {judge['name']!r} needs the environment variable(s) {', '.join(missing)}, "
+                               "which are not set"))
 
 
 def _check_harmbench(ev: dict, bench: Benchmark) -> Iterator[Problem]:
@@ -265,12 +270,15 @@ def eval_problems(eval_cfg: dict) -> list[Problem]:
     return problems
 
 
-def check_eval_config(eval_cfg: dict, where: str, source: str) -> None:
+def check_eval_config(eval_cfg: dict, where: str, source: str, absent=None) -> None:
     """Raise :class:`frpo.config.ConfigError` for the first of :func:`eval_problems`, naming its key as
-    ``"<source>: <where>.eval.<...>: <what is wrong>"`` (``where`` is e.g. ``tracks.safety``)."""
+    ``"<source>: <where>.eval.<...>: <what is wrong>"`` (``where`` is e.g. ``tracks.safety``). With ``absent`` (a
+    callable), an :class:`Absent` problem is handed to it instead (a dry run's warning)."""
     from ..config import ConfigError  # config imports this registry: lazily here
 
-    problems = eval_problems(eval_cfg)
-    if problems:
-        key, message = problems[0]
+    for problem in eval_problems(eval_cfg):
+        key, message = problem
+        if absent is not None and isinstance(problem, Absent):
+            absent(f"{source}: {where}.{key}: {message}")
+            continue
         raise ConfigError(f"{source}: {where}.{key}: {message}")
