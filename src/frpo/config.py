@@ -19,8 +19,8 @@ from .runs import LAMBDA_RE, parse_run, parse_setting, run_name, setting_name
 from .tracks import TRACKS, get_track
 
 __all__ = [
-    "ConfigError", "data_path", "data_spec", "eval_spec", "evaluated", "experiment_block", "finetune_settings",
-    "finetune_spec", "finetune_sweeps", "ft_seeds", "samples_spec", "sweep_settings", "track_kind",
+    "ConfigError", "data_path", "data_spec", "drawn_figures", "eval_spec", "evaluated", "experiment_block", "finetune_settings",
+    "finetune_spec", "finetune_sweeps", "ft_seeds", "samples_rewards", "samples_spec", "sweep_settings", "track_kind",
     "judges_spec", "prepare_spec", "prepared_data", "rl_runs", "rl_seeds", "rl_spec", "run_beta", "run_value",
     "track_names", "validate_config", "view", "warmup_spec",
 ]
@@ -236,7 +236,7 @@ def _check_track(config: dict, name: str, source: str, absent=None) -> None:
     if name == "figures":
         raise ConfigError(f"{source}: {where}: the name 'figures' is reserved (results/<name>/figures/ holds the "
                           "figures drawn over several experiments)")
-    for fig in v.get("figures", list(track.FIGURES)):
+    for fig in drawn_figures(v):
         if "rewards" in track.FIGURES[fig]["tables"] and "floor" not in v:
             raise ConfigError(f"{source}: {where}.floor: missing ({fig} reads the RL models' sampled rewards; give "
                               "floor: {samples, max_new_tokens}, or leave the figure out of figures)")
@@ -482,6 +482,17 @@ def _check_eval_models(v: dict, where: str, source: str) -> None:
         if setting not in settings:
             raise ConfigError(f"{source}: {where}.eval.settings.{i}: {setting!r} is not a fine-tuning setting of "
                               f"this config's sweeps")
+
+
+def drawn_figures(view: dict) -> list[str]:
+    """The figures and tables an experiment draws: its ``figures``, default every one of its track's."""
+    return list(view.get("figures", get_track(view["track"]).FIGURES))
+
+
+def samples_rewards(view: dict) -> bool:
+    """Whether a figure the experiment draws reads its RL models' sampled rewards (rule ``sample_rewards``)."""
+    figures = get_track(view["track"]).FIGURES
+    return any("rewards" in figures[f]["tables"] for f in drawn_figures(view))
 
 
 def evaluated(view: dict, target) -> bool:

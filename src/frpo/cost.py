@@ -15,10 +15,9 @@ def cost_rows(config: dict) -> list[dict]:
     """One row per (track, stage): ``{"track", "stage", "jobs", "gpus_per_job", "hours_per_job", "gpu_hours"}``;
     stages with several placements (LoRA and full fine-tuning) give one row each."""
     from .compute import job, sft_stage
-    from .config import evaluated, finetune_settings, ft_seeds, rl_runs, rl_seeds, view
+    from .config import evaluated, finetune_settings, ft_seeds, rl_runs, rl_seeds, samples_rewards, view
     from .evals import resources
     from .runs import Target
-    from .tracks import get_track
 
     rows: dict[tuple, dict] = {}
 
@@ -49,9 +48,7 @@ def cost_rows(config: dict) -> list[dict]:
             method = t.setting.method
             j = job(v, sft_stage(method))
             add(track, f"finetune ({method})", 1, total_gpus(j), j.runtime)
-        figures = get_track(v["track"]).FIGURES
-        if any("rewards" in figures[f]["tables"] for f in v.get("figures", figures)):
-            # sample_rewards (workflow/rules/track.smk), which a figure of the experiment reads: one GPU, 2 h each
+        if samples_rewards(v):  # sample_rewards (workflow/rules/track.smk): one GPU, 2 h, per RL model
             add(track, "sample_rewards", len(rl_targets), 1 if v["device"] == "cuda" else 0, 120)
         models = [x for x in (Target("base"), *rl_targets, *ft_targets) if evaluated(v, x)]
         for bench in v["eval"]["benchmarks"]:

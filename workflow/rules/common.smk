@@ -8,6 +8,7 @@ from frpo.compute import CONFIG_DIR_ENV, job, sft_stage
 from frpo.config import (
     data_path,
     data_spec,
+    drawn_figures,
     eval_spec,
     evaluated,
     finetune_settings,
@@ -61,8 +62,8 @@ def module(track):
 
 
 def drawn(track):
-    """The figures and tables experiment ``track`` takes part in: its ``figures`` list, default all of its track's."""
-    return VIEWS[track].get("figures", list(module(track).FIGURES))
+    """The figures and tables experiment ``track`` takes part in (frpo.config.drawn_figures)."""
+    return drawn_figures(VIEWS[track])
 
 
 def scope(track, name):
