@@ -17,9 +17,11 @@ __all__ = ["CHAT_TEMPLATE", "build_tiny_llama", "build_word_tokenizer", "save_ti
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>"]
 
-#: A minimal chat template: one line per turn, "<role>: <content>", then "assistant:" to prompt a reply.
+#: A minimal chat template: one turn after another, "<role>: <content> ", an assistant turn closed by the EOS token
+#: (so that a model fine-tuned on conversations learns to stop), then "assistant: " to prompt a reply.
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }} "
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
 )
 

@@ -36,6 +36,10 @@ BUILTIN_NAMES: tuple[str, ...] = (
     "arithmetic",
     "math_problems",
     "code_instruct",
+    "toy_prompts",
+    "toy_demos",
+    "toy_instructions",
+    "toy_arithmetic",
 )
 
 #: Prefix that makes :func:`resolve` look a name up among the built-in files.

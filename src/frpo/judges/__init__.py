@@ -13,7 +13,9 @@ Registered judges, by module:
 * :mod:`~frpo.judges.harmbench`: ``gpt4o_harmbench`` (API) and ``harmbench_cls`` (GPU);
 * :mod:`~frpo.judges.moderation`: ``openai_moderation`` (API);
 * :mod:`~frpo.judges.safety_paper`: ``safety_paper``, the paper's safety reward ``1 - (s_SR + s_mod)/2``;
-* :mod:`~frpo.judges.reward_model`: ``rm_rb2``, the paper's helpfulness reward model (GPU).
+* :mod:`~frpo.judges.reward_model`: ``rm_rb2``, the paper's helpfulness reward model (GPU);
+* :mod:`~frpo.judges.toy`: ``toy_safety`` and ``toy_helpfulness``, exact rubric judges of the study's toy world
+  (offline, instant).
 
 Shared parts: :mod:`~frpo.judges.base` (protocol, registry, errors, the answer-record shape),
 :mod:`~frpo.judges.http` (HTTP with retries, the chat-completions client), :mod:`~frpo.judges.local` (pinning and
@@ -26,7 +28,7 @@ does not import torch.
 from __future__ import annotations
 
 # the concept modules are imported for their @register side effects
-from . import harmbench, minilm, moderation, reward_model, safety_paper, strongreject  # noqa: F401
+from . import harmbench, minilm, moderation, reward_model, safety_paper, strongreject, toy  # noqa: F401
 from .base import (
     HarmJudge,
     Judge,
