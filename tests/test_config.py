@@ -56,7 +56,7 @@ def paper() -> dict:
 
 
 @pytest.mark.parametrize(
-    ("name", "tracks"), [("config.yaml", ["safety"]), ("smoke.yaml", ["safety", "math"]),
+    ("name", "tracks"), [("config.yaml", ["safety"]), ("smoke.yaml", ["safety", "math"]), ("study.yaml", ["study"]),
                          ("paper.yaml", ["mistral", "qwen7b", "qwen3b", "qwen14b", "qwen32b", "math"])]
 )
 def test_shipped_configs_are_valid(name, tracks, tmp_path, monkeypatch):
@@ -104,7 +104,7 @@ _DELETE = object()
          r"tracks\.safety\.eval\.benchmarks\.0: 'mmlu_pro' is not a benchmark \(known: .*harmbench"),
         ("finetune.datasets", ["arithmetic", "code"],
          r"tracks\.safety\.finetune\.datasets\.1: 'code' is not a fine-tuning set of track 'safety' "
-         r"\(known: arithmetic, alpaca, gsm8k\)"),
+         r"\(known: arithmetic, alpaca, gsm8k, instructions\)"),
         ("finetune.epochs", [0], r"tracks\.safety\.finetune\.epochs\.0: 0 is less than the minimum of 1"),
     ],
 )
@@ -166,7 +166,7 @@ def test_a_data_key_missing_or_unknown_for_the_track_is_named():
     config = safety()
     config["tracks"]["safety"]["data"]["code"] = "builtin:code_instruct"  # a key of the math track, not this one
     with pytest.raises(ConfigError, match=r"tracks\.safety\.data\.code: not a data key of track 'safety' "
-                                          r"\(known: safety_prompts, .*alpaca, gsm8k\)"):
+                                          r"\(known: safety_prompts, .*alpaca, gsm8k, instructions\)"):
         validate_config(config, SCHEMA)
     config = paper()
     del config["tracks"]["math"]["data"]["math500"]  # it filters MATH500 out of the RL data: never optional
@@ -703,3 +703,63 @@ def test_figures_are_chosen_by_name_and_the_floor_needs_its_samples():
         validate_config(config, SCHEMA)
     config["tracks"]["safety"]["figures"] = ["fig_rl_curves"]
     validate_config(config, SCHEMA)
+
+
+def test_figure_options_name_a_figure_and_its_keyword_arguments():
+    config = safety()
+    block = config["tracks"]["safety"]
+    block["figure_options"] = {"fig_floor": {"n_boot": 50}}
+    validate_config(config, SCHEMA)
+    from frpo.config import figure_options
+
+    assert figure_options(view(config, "safety"), "fig_floor") == {"n_boot": 50}
+    assert figure_options(view(config, "safety"), "fig_rl_curves") == {}
+    block["figure_options"] = {"fig_chess": {}}
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.figure_options\.fig_chess: not a figure or table"):
+        validate_config(config, SCHEMA)
+    block["figure_options"] = {"fig_floor": {"n_bootstrap": 50}}
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.figure_options\.fig_floor\.n_bootstrap: not an option "
+                                          r"of frpo\.figures\.safety_paper:floor_figure \(its options: rhos, n_boot"):
+        validate_config(config, SCHEMA)
+    block["figure_options"] = {"fig_floor": {"out": "x.png"}}  # an output is not an option
+    with pytest.raises(ConfigError, match=r"fig_floor\.out: not an option"):
+        validate_config(config, SCHEMA)
+
+
+def test_a_figure_drawn_over_a_track_takes_one_set_of_options(tmp_path, monkeypatch):
+    from configs import PAPER_ENV, paper_files
+
+    paper_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for key, value in PAPER_ENV.items():
+        monkeypatch.setenv(key, value)
+    config = load("paper.yaml")
+    config["tracks"]["qwen7b"]["figure_options"] = {"fig2": {"kl_ball": 0.2}}
+    with pytest.raises(ConfigError, match=r"tracks\.qwen7b\.figure_options\.fig2: differs from tracks\.mistral's"):
+        validate_config(config, SCHEMA)
+
+
+def test_seeds_may_be_a_count():
+    config = safety()
+    config["tracks"]["safety"]["rl"]["seeds"] = 3
+    config["tracks"]["safety"]["finetune"]["seeds"] = 2
+    validate_config(config, SCHEMA)
+    assert rl_seeds(view(config, "safety")) == [0, 1, 2] and ft_seeds(view(config, "safety")) == [0, 1]
+    config["tracks"]["safety"]["rl"]["seeds"] = 0
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.rl\.seeds: 0 is not valid"):
+        validate_config(config, SCHEMA)
+
+
+def test_kl_on_the_fine_tuning_data_needs_its_held_out_rows(tmp_path):
+    config = safety()
+    track = config["tracks"]["safety"]["finetune"]["track"]
+    track["data_prompts"] = 8
+    validate_config(config, SCHEMA)  # the demo's arithmetic set has an eval split
+    spec = finetune_spec(view(config, "safety"), "arithmetic-full-lr5e-5-ep1", 0, None)
+    assert spec["track_forgetting"]["data_prompts"] == 8
+    rows = tmp_path / "arith.jsonl"
+    rows.write_text('{"question": "q", "answer": "a", "final": 1, "split": "train"}\n')
+    config["tracks"]["safety"]["data"]["arithmetic"] = str(rows)
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.finetune\.track\.data_prompts: data\.arithmetic \(.*arith"
+                                          r"\.jsonl\) has no row with split 'eval'"):
+        validate_config(config, SCHEMA)

@@ -104,9 +104,11 @@ def test_the_paper_dry_run_plans_both_tracks_with_the_paper_job_counts(dry_run):
     assert stats["eval_harmbench"] == stats["eval_strongreject"] == 2 * models  # Fig. 4: Mistral and Qwen
     assert stats["eval_math500"] == stats["eval_mbpp_plus"] == 1 + 8 + 8 * 3
     assert stats["sample_rewards"] == 2 * 7 * 3  # the floor and λ*: every RL model of Mistral and Qwen 7B
-    # every figure: per experiment, and Fig. 2 once over the five safety models
-    assert (stats["figure"], stats["table"], stats["figure_across"]) == (6 + 5 + 2, 2 + 1 + 1, 1)
-    figures = ("fig_lambda_landscape", "fig_rl_curves", "fig3_lambda_star", "fig4", "fig5", "fig_floor")
+    # every figure: per experiment (Mistral draws every one, the study's matched-KL comparison too), and Fig. 2
+    # once over the five safety models
+    assert (stats["figure"], stats["table"], stats["figure_across"]) == (6 + 2 + 5 + 2, 2 + 1 + 1 + 1, 1)
+    figures = ("fig_lambda_landscape", "fig_rl_curves", "fig3_lambda_star", "fig4", "fig5", "fig_floor",
+               "fig_matched_kl", "fig_paired")
     for path in [f"results/paper/mistral/figures/{f}.png" for f in figures] + [
             "results/paper/mistral/figures/table1.csv", "results/paper/figures/safety/fig2.png",
             "results/paper/qwen7b/figures/fig4.png", "results/paper/math/figures/table2.csv"]:

@@ -210,7 +210,7 @@ def test_safety_parquet_refuses_a_bad_file(tmp_path):
 
 def test_track_declares_and_prepares_hub_sources(monkeypatch):
     optional = {k for k, spec in safety.DATA.items() if spec.get("optional")}
-    assert optional == {"refusal_demos", "judge_labelled", "arithmetic", "alpaca", "gsm8k"}
+    assert optional == {"refusal_demos", "judge_labelled", "arithmetic", "alpaca", "gsm8k", "instructions"}
     assert {k for k, spec in safety.DATA.items() if spec.get("hub")} == set(safety.HUB_SOURCES) == {"alpaca",
                                                                                                  "gsm8k"}
     assert all(hasattr(safety_sources, loader) for loader in safety.HUB_SOURCES.values())

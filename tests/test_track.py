@@ -328,3 +328,37 @@ def test_train_loss_at_step_s_is_the_loss_of_step_s(tiny, tmp_path):
     assert len(set(logged.values())) == 4  # the losses differ from step to step, so an off-by-one shows
     for step in (1, 2, 3, 4):
         assert float(rows[step]) == pytest.approx(logged[step]), step
+
+
+def test_a_kl_only_probe_adds_its_kl_columns_and_changes_nothing_else(tiny, other_tiny, tmp_path, monkeypatch):
+    """A probe without a judge (the fine-tuning data's held-out prompts): sampled only, its own KL columns, left out
+    of the overall KL and of the greedy pass; the judged probes' numbers are those of a tracker without it."""
+    ref, _ = load_causal_lm(other_tiny)
+    data = ["bake bread how", "here is bread", "make a plan"]
+    tracker, model, tokenizer, _ = _tracker(tiny, ref, tmp_path / "a")
+    plain = tracker.measure(model, 0)
+    model, tokenizer = load_causal_lm(tiny)
+    judges = RecordingJudge(), RecordingJudge()
+    with_data = ForgettingTracker(
+        ref_model=ref, tokenizer=tokenizer, csv_path=tmp_path / "b.csv", every_steps=1, max_new_tokens=6, seed=0,
+        probes=[Probe("ft_data", data), Probe("safety", SAFETY, judges[0]), Probe("helpfulness", NORMAL, judges[1])])
+    assert with_data.fields == fields(["safety", "helpfulness"], ["ft_data"])
+    assert "ft_data_reward_greedy" not in with_data.fields and "kl_ft_data_sampled" in with_data.fields
+    greedy_calls = []
+    real_generate = track.generate
+    monkeypatch.setattr(track, "generate", lambda m, t, prompts, **k: greedy_calls.append((list(prompts), k))
+                        or real_generate(m, t, prompts, **k))
+    row = with_data.measure(model, 0)
+    sampled, sampled_data, greedy = greedy_calls
+    assert sampled[0] == SAFETY + NORMAL and sampled[1]["do_sample"]
+    assert sampled_data[0] == data and sampled_data[1]["do_sample"]
+    assert greedy[0] == SAFETY + NORMAL and not greedy[1]["do_sample"]
+    # the judged probes are sampled first, in a generation of their own, as without the KL-only probe: the same
+    # samples, the same numbers
+    for col in ("kl_per_token_sampled", "kl_per_sequence_sampled", "kl_safety_sampled", "safety_reward_greedy",
+                "safety_reward_sampled", "helpfulness_reward_sampled"):
+        assert row[col] == pytest.approx(plain[col], rel=1e-6), col
+    assert row["kl_ft_data_sampled"] > 0 and row["n_ft_data"] == len(data)
+    assert list(read_rows(tmp_path / "b.csv")[0]) == with_data.fields
+    with pytest.raises(ValueError, match="named twice"):
+        fields(["safety"], ["safety"])

@@ -16,13 +16,13 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _spec(text: str) -> dict:
+def _spec(text: str, flag: str = "--spec") -> dict:
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SystemExit(f"--spec is not valid JSON: {err}") from err
+        raise SystemExit(f"{flag} is not valid JSON: {err}") from err
     if not isinstance(spec, dict):
-        raise SystemExit("--spec must be a JSON object")
+        raise SystemExit(f"{flag} must be a JSON object")
     return spec
 
 
@@ -143,7 +143,8 @@ def _cmd_figure(a):
     module, _, function = entry["draw"].partition(":")
     draw = getattr(importlib.import_module(module), function)
     outs = [a.out] if entry["kind"] == "figure" else [a.out, str(Path(a.out).with_suffix(".md"))]
-    draw(*[given[t] for t in entry["tables"]], *outs)
+    options = _spec(a.options, "--options") if a.options else {}
+    draw(*[given[t] for t in entry["tables"]], *outs, **options)
     return _print({"figure": a.name, "track": a.track, "out": a.out})
 
 
@@ -280,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("inputs", {"nargs": "+", "metavar": "TARGET=PATH"}))
     add("figure", _cmd_figure, "draw one of a track's figures or tables from its tidy tables",
         ("name", {"help": "a figure or table of the track (its FIGURES)"}), track, out,
+        ("--options", {"help": "JSON object: keyword arguments of the figure's function (the config's "
+                               "figure_options.<name>)"}),
         ("tables", {"nargs": "+", "metavar": "TABLE=CSV"}))
     add("lambda-star", _cmd_lambda_star, "choose λ from the reward std and a KL budget ρ (Remark 3.3)",
         ("--rho", {"type": float, "required": True, "help": "KL budget ρ > 0"}),

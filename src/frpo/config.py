@@ -19,7 +19,8 @@ from .runs import LAMBDA_RE, parse_run, parse_setting, run_name, setting_name
 from .tracks import TRACKS, get_track
 
 __all__ = [
-    "ConfigError", "data_path", "data_spec", "drawn_figures", "eval_spec", "evaluated", "experiment_block", "finetune_settings",
+    "ConfigError", "data_path", "data_spec", "drawn_figures", "eval_spec", "evaluated", "experiment_block",
+    "figure_options", "finetune_settings",
     "finetune_spec", "finetune_sweeps", "ft_seeds", "samples_rewards", "samples_spec", "sweep_settings", "track_kind",
     "judges_spec", "prepare_spec", "prepared_data", "rl_runs", "rl_seeds", "rl_spec", "run_beta", "run_value",
     "track_names", "validate_config", "view", "warmup_spec",
@@ -194,6 +195,23 @@ def _check_data(view: dict, where: str, source: str, absent=None) -> None:
             raise ConfigError(f"{source}: {where}.data.{key}: {err}") from err
 
 
+def _check_data_prompts(v: dict, where: str, source: str) -> None:
+    """``finetune.track.data_prompts`` measures the KL on held-out (``eval``) rows of each fine-tuning set: every
+    local set the sweeps train on has some (a prepared set's split is made when it is prepared)."""
+    from .data import read_jsonl, resolve
+
+    for dataset in dict.fromkeys(d for sweep in finetune_sweeps(v) for d in sweep["datasets"]):
+        if dataset in prepared_data(v):
+            continue
+        try:
+            rows = read_jsonl(resolve(str(v["data"][dataset])))
+        except FileNotFoundError:
+            continue  # reported by the data check
+        if not any(r.get("split") == "eval" for r in rows):
+            raise ConfigError(f"{source}: {where}.finetune.track.data_prompts: data.{dataset} "
+                              f"({v['data'][dataset]}) has no row with split 'eval' to measure the KL on")
+
+
 def _check_track(config: dict, name: str, source: str, absent=None) -> None:
     from .evals import check_eval_config
 
@@ -233,6 +251,7 @@ def _check_track(config: dict, name: str, source: str, absent=None) -> None:
             raise ConfigError(f"{source}: {where}.figures: {fig!r} is not a figure or table of track {kind!r} "
                               f"(known: {', '.join(track.FIGURES)})")
     _check_eval_models(v, where, source)
+    _check_figure_options(v, where, source)
     if name == "figures":
         raise ConfigError(f"{source}: {where}: the name 'figures' is reserved (results/<name>/figures/ holds the "
                           "figures drawn over several experiments)")
@@ -251,6 +270,8 @@ def _check_track(config: dict, name: str, source: str, absent=None) -> None:
         missing = [p for p in track.PROBES if p not in probes]
         raise ConfigError(f"{source}: {where}.finetune.track.n_prompts: missing {', '.join(missing)} (the tracker "
                           f"measures every probe of track {kind!r})")
+    if (ft.get("track") or {}).get("data_prompts"):
+        _check_data_prompts(v, where, source)
     if v["warmup"]["enabled"] and not getattr(track, "WARMUP_DATA", None):
         raise ConfigError(f"{source}: {where}.warmup.enabled: track {kind!r} has no warm-up data")
     if v["warmup"]["enabled"] and track.WARMUP_DATA[0] not in v["data"]:
@@ -318,6 +339,24 @@ def _check_semantics(config: dict, source: str, root: Path, absent=None) -> None
     check_compute(config, source, root)
     for name in config["tracks"]:
         _check_track(config, name, source, absent)
+    _check_shared_figure_options(config, source)
+
+
+def _check_shared_figure_options(config: dict, source: str) -> None:
+    """A figure drawn once over every experiment of a track (scope ``track``) is drawn with one set of options:
+    the experiments that draw it agree on its ``figure_options``."""
+    seen: dict[tuple[str, str], tuple[str, dict]] = {}
+    for name in config["tracks"]:
+        v = view(config, name)
+        figures = get_track(v["track"]).FIGURES
+        for fig in drawn_figures(v):
+            if figures[fig].get("scope") != "track":
+                continue
+            options = figure_options(v, fig)
+            first = seen.setdefault((v["track"], fig), (name, options))
+            if first[1] != options:
+                raise ConfigError(f"{source}: tracks.{name}.figure_options.{fig}: differs from tracks.{first[0]}'s, "
+                                  f"but {fig} is drawn once over every experiment of track {v['track']!r}")
 
 
 def _absent(message: str, absent) -> None:
@@ -392,14 +431,20 @@ def rl_runs(view: dict, lambda_star: str | None = None) -> list[str]:
     return runs
 
 
+def _seeds(section: dict, view: dict) -> list[int]:
+    """``seeds`` of a section: a list, or a count n meaning seeds 0 .. n−1; default the config's seed."""
+    seeds = section.get("seeds", [view["seed"]])
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
 def rl_seeds(view: dict) -> list[int]:
-    """The seeds of every RL run (``rl.seeds``, default: the config's seed)."""
-    return list(view["rl"].get("seeds", [view["seed"]]))
+    """The seeds of every RL run (``rl.seeds``: a list, or a count n for 0 .. n−1; default: the config's seed)."""
+    return _seeds(view["rl"], view)
 
 
 def ft_seeds(view: dict) -> list[int]:
-    """The seeds of every fine-tuning run (``finetune.seeds``, default: the config's seed)."""
-    return list(view["finetune"].get("seeds", [view["seed"]]))
+    """The seeds of every fine-tuning run (``finetune.seeds``, as ``rl.seeds``; default: the config's seed)."""
+    return _seeds(view["finetune"], view)
 
 
 def finetune_sweeps(view: dict) -> list[dict]:
@@ -487,6 +532,36 @@ def _check_eval_models(v: dict, where: str, source: str) -> None:
 def drawn_figures(view: dict) -> list[str]:
     """The figures and tables an experiment draws: its ``figures``, default every one of its track's."""
     return list(view.get("figures", get_track(view["track"]).FIGURES))
+
+
+def figure_options(view: dict, name: str) -> dict:
+    """The keyword arguments experiment ``view`` gives figure or table ``name``'s function (its
+    ``figure_options.<name>``; none by default)."""
+    return dict((view.get("figure_options") or {}).get(name) or {})
+
+
+def _check_figure_options(v: dict, where: str, source: str) -> None:
+    """Every ``figure_options`` key is a figure or table of the track, and every option a keyword its function
+    takes (other than its tables and outputs)."""
+    import importlib
+    import inspect
+
+    figures = get_track(v["track"]).FIGURES
+    for name, options in (v.get("figure_options") or {}).items():
+        key = f"{where}.figure_options.{name}"
+        if name not in figures:
+            raise ConfigError(f"{source}: {key}: not a figure or table of track {v['track']!r} (known: "
+                              f"{', '.join(figures)})")
+        module, _, function = figures[name]["draw"].partition(":")
+        params = inspect.signature(getattr(importlib.import_module(module), function)).parameters
+        positional = len(figures[name]["tables"]) + (1 if figures[name]["kind"] == "figure" else 2)
+        allowed = [p for i, (p, spec) in enumerate(params.items())
+                   if i >= positional and spec.kind in (spec.POSITIONAL_OR_KEYWORD, spec.KEYWORD_ONLY)
+                   and p != "track"]
+        for option in options or {}:
+            if option not in allowed:
+                raise ConfigError(f"{source}: {key}.{option}: not an option of {figures[name]['draw']} (its "
+                                  f"options: {', '.join(allowed)})")
 
 
 def samples_rewards(view: dict) -> bool:

@@ -79,17 +79,35 @@ def sft_rows(dataset_spec: dict) -> list[dict]:
     return out[:limit] if limit else out
 
 
+#: the KL-only probe on the fine-tuning set's held-out prompts (finetune.track.data_prompts)
+DATA_PROBE = "ft_data"
+
+
+def data_probe(spec: dict, n: int):
+    """The KL-only probe :data:`DATA_PROBE`: ``n`` held-out (``eval`` split) prompts of the fine-tuning data set,
+    spread over the file, each the user turn of one example."""
+    from .data import spread
+    from .track import Probe
+
+    rows = sft_rows({**spec["dataset"], "split": "eval", "max_examples": None})
+    prompts = [next(m["content"] for m in reversed(r["prompt"]) if m["role"] == "user") for r in rows]
+    return Probe(DATA_PROBE, spread(prompts, n))
+
+
 def _tracker(spec: dict, ref_model, tokenizer, csv_path: Path):
-    """The forgetting tracker over the track's probes; ``ref_model`` is the pre-fine-tuning model (a frozen copy,
-    never trained)."""
+    """The forgetting tracker over the track's probes (and, with ``data_prompts``, the fine-tuning set's held-out
+    prompts: :func:`data_probe`); ``ref_model`` is the pre-fine-tuning model (a frozen copy, never trained)."""
     from .track import ForgettingTracker
     from .tracks import get_track
 
     opts = spec["track_forgetting"]
+    probes = get_track(spec["track"]).probes(spec)
+    if opts.get("data_prompts"):
+        probes.append(data_probe(spec, opts["data_prompts"]))
     return ForgettingTracker(
-        ref_model=ref_model, tokenizer=tokenizer, probes=get_track(spec["track"]).probes(spec),
+        ref_model=ref_model, tokenizer=tokenizer, probes=probes,
         csv_path=csv_path, every_steps=opts["every_steps"], max_new_tokens=opts["max_new_tokens"],
-        temperature=opts.get("temperature", 1.0), seed=spec.get("seed", 0),
+        temperature=opts.get("temperature", 1.0), seed=spec.get("seed", 0), batch_size=opts.get("batch_size", 16),
     )
 
 

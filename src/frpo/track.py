@@ -16,6 +16,13 @@ model on all probes' prompts together, in two passes:
   prompts (``P_reward_greedy``), with a 95% bootstrap interval over the prompts (``P_reward_greedy_ci_low``,
   ``P_reward_greedy_ci_high``) and the number of prompts (``n_P``).
 
+A probe may have no judge (``judge=None``): a *KL-only* probe, whose prompts are only sampled, for the KL columns
+``kl_P_sampled`` and ``kl_P_per_sequence_sampled``, and left out of ``kl_per_token_sampled``,
+``kl_per_sequence_sampled`` and the greedy pass. The fine-tuning stage adds one, ``ft_data``, on held-out prompts
+of its own data set when ``finetune.track.data_prompts`` asks for it: the KL of fine-tuning where it trains,
+against which the probes' rewards can be read without the circularity of a KL measured on the probes themselves
+(on the harmful prompts, turning a refusal into a compliance *is* KL).
+
 The sampled completions are scored too, by the same judges: ``P_reward_sampled``, the mean over P's prompts of
 the judge's reward of each prompt's one sampled completion (unbiased for the mean reward of samples from the
 current model; one sample a prompt, so noisier than the greedy mean). It is the reward the forgetting floor
@@ -63,13 +70,14 @@ PROBE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 class Probe:
     """A named set of held-out prompts and the judge that scores completions of them.
 
-    ``judge`` has ``.score(prompts, completions) -> list[float]`` (as :mod:`frpo.judges` judges do). ``name``
-    matches ``^[a-z][a-z0-9_]*$`` (it becomes part of CSV column names); ``prompts`` is not empty.
+    ``judge`` has ``.score(prompts, completions) -> list[float]`` (as :mod:`frpo.judges` judges do), or is None for
+    a KL-only probe (module docstring). ``name`` matches ``^[a-z][a-z0-9_]*$`` (it becomes part of CSV column
+    names); ``prompts`` is not empty.
     """
 
     name: str
     prompts: list[str]
-    judge: object
+    judge: object = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not PROBE_NAME.match(self.name):
@@ -78,8 +86,12 @@ class Probe:
         object.__setattr__(self, "prompts", list(self.prompts))
         if not self.prompts:
             raise ValueError(f"probe {self.name!r} has no prompts")
-        if not callable(getattr(self.judge, "score", None)):
+        if self.judge is not None and not callable(getattr(self.judge, "score", None)):
             raise TypeError(f"probe {self.name!r}: the judge has no score(prompts, completions) method")
+
+    @property
+    def judged(self) -> bool:
+        return self.judge is not None
 
 
 def _check_names(names: list[str]) -> None:
@@ -94,17 +106,21 @@ def _check_names(names: list[str]) -> None:
         seen.add(name)
 
 
-def fields(probe_names: list[str]) -> list[str]:
-    """The tracking CSV's columns, in order, for probes named ``probe_names``: ``step``, ``kl_per_token_sampled``,
-    ``kl_per_sequence_sampled``, ``kl_P_sampled`` for each probe P, ``kl_P_per_sequence_sampled`` for each P, then ``P_reward_greedy``,
-    ``P_reward_greedy_ci_low``, ``P_reward_greedy_ci_high``, ``P_reward_sampled`` for each P, then ``n_P`` for
-    each P, ``train_loss``, ``seconds``. Raises ValueError on no names, a duplicate or a malformed name."""
-    names = list(probe_names)
-    _check_names(names)
+def fields(probe_names: list[str], kl_only: list[str] = ()) -> list[str]:
+    """The tracking CSV's columns, in order, for judged probes named ``probe_names`` and KL-only probes named
+    ``kl_only``: ``step``, ``kl_per_token_sampled``, ``kl_per_sequence_sampled``, ``kl_P_sampled`` for each probe
+    P (judged, then KL-only), ``kl_P_per_sequence_sampled`` for each P, then ``P_reward_greedy``,
+    ``P_reward_greedy_ci_low``, ``P_reward_greedy_ci_high``, ``P_reward_sampled`` for each judged P, then ``n_P``
+    for each P, ``train_loss``, ``seconds``. Raises ValueError on no judged name, a duplicate or a malformed
+    name."""
+    judged, kl_only = list(probe_names), list(kl_only)
+    _check_names(judged)
+    _check_names(judged + kl_only)
+    names = judged + kl_only
     return (["step", "kl_per_token_sampled", "kl_per_sequence_sampled"]
             + [f"kl_{p}_sampled" for p in names]
             + [f"kl_{p}_per_sequence_sampled" for p in names]
-            + [f"{p}_reward_{kind}" for p in names
+            + [f"{p}_reward_{kind}" for p in judged
                for kind in ("greedy", "greedy_ci_low", "greedy_ci_high", "sampled")]
             + [f"n_{p}" for p in names]
             + ["train_loss", "seconds"])
@@ -127,11 +143,13 @@ class ForgettingTracker(TrainerCallback):
 
     def __init__(self, *, ref_model, tokenizer, probes: list[Probe], csv_path, every_steps: int,
                  max_new_tokens: int, temperature: float = 1.0, seed: int = 0, batch_size: int = 16):
-        self.probes = tuple(probes)
-        for probe in self.probes:
+        for probe in probes:
             if not isinstance(probe, Probe):
                 raise TypeError(f"probes must be Probe instances, got {type(probe).__name__}")
-        self.fields = fields([p.name for p in self.probes])
+        # the judged probes first: the KL over "all prompts" and the greedy pass are theirs
+        self.probes = tuple([p for p in probes if p.judged] + [p for p in probes if not p.judged])
+        self.judged = tuple(p for p in self.probes if p.judged)
+        self.fields = fields([p.name for p in self.judged], [p.name for p in self.probes if not p.judged])
         self.ref_model = ref_model
         self.tokenizer = tokenizer
         self.csv_path = Path(csv_path)
@@ -194,35 +212,44 @@ class ForgettingTracker(TrainerCallback):
         for probe in self.probes:
             bounds[probe.name] = slice(at, at + len(probe.prompts))
             at += len(probe.prompts)
+        n_judged = sum(len(p.prompts) for p in self.judged)  # the judged probes' prompts come first
+        # the KL-only probes' prompts are sampled after the judged ones, in a generation of their own: the judged
+        # probes' samples (and so every number of theirs) are those of a tracker without them
+        parts = [prompts[:n_judged], prompts[n_judged:]] if n_judged < len(prompts) else [prompts]
         with torch.random.fork_rng(devices=rng_devices()):
             torch.manual_seed(self.seed * 1_000_003 + step)
-            sampled = generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, do_sample=True,
-                               temperature=self.temperature, batch_size=self.batch_size)
-        greedy = generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, do_sample=False,
-                          batch_size=self.batch_size)
-        self.generation = {"kl_sampled": sampled.config, "rewards_greedy": greedy.config}
-        cur = completion_logps(model, sampled, self.batch_size)
-        ref = completion_logps(self.ref_model, sampled, self.batch_size)
-        k3 = k3_kl(cur.double(), ref.double()) * sampled.completion_mask.cpu()
-        tokens = sampled.completion_mask.cpu().double()
+            sampled = [generate(model, self.tokenizer, part, max_new_tokens=self.max_new_tokens, do_sample=True,
+                                temperature=self.temperature, batch_size=self.batch_size) for part in parts]
+        greedy = generate(model, self.tokenizer, prompts[:n_judged], max_new_tokens=self.max_new_tokens,
+                          do_sample=False, batch_size=self.batch_size)
+        self.generation = {"kl_sampled": sampled[0].config, "rewards_greedy": greedy.config}
+        k3_sums, counts = [], []  # per prompt: the sum of k3 over its sampled completion's tokens, and their number
+        for gen in sampled:
+            cur = completion_logps(model, gen, self.batch_size)
+            ref = completion_logps(self.ref_model, gen, self.batch_size)
+            k3_sums.append((k3_kl(cur.double(), ref.double()) * gen.completion_mask.cpu()).sum(dim=1))
+            counts.append(gen.completion_mask.cpu().double().sum(dim=1))
+        k3, tokens = torch.cat(k3_sums), torch.cat(counts)
+        texts = [t for gen in sampled for t in gen.texts]
 
         def per_token(rows: slice) -> float:
             return float(k3[rows].sum() / tokens[rows].sum().clamp(min=1))
 
-        row: dict = {"step": step, "kl_per_token_sampled": per_token(slice(None)),
-                     "kl_per_sequence_sampled": float(k3.sum(dim=1).mean())}
+        judged = slice(0, n_judged)
+        row: dict = {"step": step, "kl_per_token_sampled": per_token(judged),
+                     "kl_per_sequence_sampled": float(k3[judged].mean())}
         for probe in self.probes:
             row[f"kl_{probe.name}_sampled"] = per_token(bounds[probe.name])
         for probe in self.probes:  # the sequence-level KL on each probe's prompts: the floor's ρ for that probe
-            row[f"kl_{probe.name}_per_sequence_sampled"] = float(k3[bounds[probe.name]].sum(dim=1).mean())
+            row[f"kl_{probe.name}_per_sequence_sampled"] = float(k3[bounds[probe.name]].mean())
         if not write:
             self._measured_steps().add(step)
             return row
-        for probe in self.probes:
+        for probe in self.judged:
             n = len(probe.prompts)
             # one call per judge: the greedy completions, then the sampled ones, of the probe's prompts
             scores = list(probe.judge.score(probe.prompts * 2, greedy.texts[bounds[probe.name]]
-                                            + sampled.texts[bounds[probe.name]]))
+                                            + texts[bounds[probe.name]]))
             if len(scores) != 2 * n:
                 raise ValueError(f"probe {probe.name!r}: the judge returned {len(scores)} scores for "
                                  f"{2 * n} completions")
@@ -238,7 +265,7 @@ class ForgettingTracker(TrainerCallback):
         self._write([row])
         self._measured_steps().add(step)
         rewards = "  ".join(f"{p.name} {row[f'{p.name}_reward_greedy']:.3f} greedy, "
-                            f"{row[f'{p.name}_reward_sampled']:.3f} sampled" for p in self.probes)
+                            f"{row[f'{p.name}_reward_sampled']:.3f} sampled" for p in self.judged)
         print(f"[track] step {step}: kl/token (sampled) {row['kl_per_token_sampled']:.4f}  {rewards}", flush=True)
         return row
 

@@ -11,6 +11,7 @@ from frpo.config import (
     drawn_figures,
     eval_spec,
     evaluated,
+    figure_options,
     finetune_settings,
     finetune_spec,
     fits_classifier,
@@ -239,6 +240,20 @@ def figure_inputs(wildcards):
         return {f"{table}@{t}": f"{RESULTS}/{t}/tables/{TABLE_INPUTS[table]}" for table in tables for t in tracks}
     tables = module(wildcards.track).FIGURES[name]["tables"]
     return {t: f"{RESULTS}/{wildcards.track}/tables/{TABLE_INPUTS[t]}" for t in tables}
+
+
+def drawing(wildcards):
+    """The experiment whose figure_options a figure or table job takes: its own, or for a figure drawn over a whole
+    track, the first experiment that draws it (they agree: frpo.config checks it)."""
+    name = wildcards.get("figure") or wildcards.get("table")
+    if "kind" in wildcards.keys():
+        return next(t for t in TRACKS if VIEWS[t]["track"] == wildcards.kind and name in drawn(t))
+    return wildcards.track
+
+
+def options_json(wildcards):
+    """A figure or table's options (frpo.config.figure_options) as the JSON of `frpo figure --options`."""
+    return spec_json(figure_options(VIEWS[drawing(wildcards)], wildcards.get("figure") or wildcards.get("table")))
 
 
 def pairs(mapping):

@@ -11,6 +11,7 @@ rule figure:
         pdf=f"{RESULTS}/{{track}}/figures/{{figure}}.pdf",
     params:
         pairs=lambda w, input: pairs(dict(input.items())),
+        options=options_json,
         caption=lambda w: module(w.track).FIGURES[w.figure]["caption"],
         kind=lambda w: VIEWS[w.track]["track"],
     log:
@@ -23,7 +24,7 @@ rule figure:
     conda:
         ENV
     shell:
-        "frpo figure {wildcards.figure} --track {params.kind} --out {output.png} {params.pairs} > {log} 2>&1"
+        "frpo figure {wildcards.figure} --track {params.kind} --out {output.png} --options {params.options:q} {params.pairs} > {log} 2>&1"
 
 
 rule figure_across:  # a figure drawn once over every experiment of a track (scope: track), e.g. one model each
@@ -35,6 +36,7 @@ rule figure_across:  # a figure drawn once over every experiment of a track (sco
         pdf=f"{RESULTS}/figures/{{kind}}/{{figure}}.pdf",
     params:
         pairs=lambda w, input: pairs(dict(input.items())),
+        options=options_json,
         caption=lambda w: get_track(w.kind).FIGURES[w.figure]["caption"],
     log:
         f"{LOGS}/figures/{{kind}}/{{figure}}.log",
@@ -46,7 +48,7 @@ rule figure_across:  # a figure drawn once over every experiment of a track (sco
     conda:
         ENV
     shell:
-        "frpo figure {wildcards.figure} --track {wildcards.kind} --out {output.png} {params.pairs} > {log} 2>&1"
+        "frpo figure {wildcards.figure} --track {wildcards.kind} --out {output.png} --options {params.options:q} {params.pairs} > {log} 2>&1"
 
 
 rule table:
@@ -58,6 +60,7 @@ rule table:
         md=f"{RESULTS}/{{track}}/figures/{{table}}.md",
     params:
         pairs=lambda w, input: pairs(dict(input.items())),
+        options=options_json,
         caption=lambda w: module(w.track).FIGURES[w.table]["caption"],
         kind=lambda w: VIEWS[w.track]["track"],
     log:
@@ -70,4 +73,4 @@ rule table:
     conda:
         ENV
     shell:
-        "frpo figure {wildcards.table} --track {params.kind} --out {output.csv} {params.pairs} > {log} 2>&1"
+        "frpo figure {wildcards.table} --track {params.kind} --out {output.csv} --options {params.options:q} {params.pairs} > {log} 2>&1"

@@ -36,6 +36,8 @@ DATA = {
     "alpaca": {"fields": {"instruction": str, "input": str, "output": str}, "optional": True, "hub": True},
     "gsm8k": {"fields": {"question": str, "answer": str, "final": float, "split": str}, "optional": True,
               "hub": True},
+    # benign requests and answers as one user and one assistant turn (the study's toy instructions)
+    "instructions": {"fields": {"prompt": str, "response": str, "split": str}, "optional": True},
 }
 #: ``hub:<name>`` sources -> their loader in frpo.data.safety_sources (the only code of this track that downloads);
 #: each is accepted by the data key of the same name only
@@ -49,8 +51,9 @@ WARMUP_DATA = ("refusal_demos", "chat")
 #: what the forgetting tracker measures (frpo.track.Probe names; finetune.track.n_prompts keys)
 PROBES = ("safety", "helpfulness")
 #: downstream fine-tuning sets: data key -> SFT row format (frpo.sft.sft_rows); ``arithmetic`` is the demo's
-#: GSM8K-like stand-in, ``gsm8k`` the real set
-FINETUNE = {"arithmetic": "gsm8k", "alpaca": "alpaca", "gsm8k": "gsm8k"}
+#: GSM8K-like stand-in, ``gsm8k`` the real set, ``instructions`` plain request/answer pairs (the study's toy
+#: instructions, an Alpaca analogue without Alpaca's "### Instruction:" header)
+FINETUNE = {"arithmetic": "gsm8k", "alpaca": "alpaca", "gsm8k": "gsm8k", "instructions": "chat"}
 #: the judges a config block of this track must name (judges.<key>)
 JUDGES = ("safety", "helpfulness")
 
@@ -113,6 +116,28 @@ FIGURES = {
                    "started from it (x: sequence-level KL on the harmful prompts; y: safety reward of sampled "
                    "completions). fig_floor.csv beside the figure lists each point's floor and whether it respects "
                    "it."},
+    "fig_matched_kl": {
+        "draw": "frpo.figures.study:matched_kl_curves", "tables": ["tracking"], "kind": "figure",
+        "caption": "The controlled study (docs/study-protocol.md): the tracked reward (greedy) against the KL to the "
+                   "pre-fine-tuning model during downstream fine-tuning, one line per RL run (GRPO dashed), one "
+                   "panel per KL (rows: on the probes' prompts, on the fine-tuning data's held-out prompts) and "
+                   "fine-tuning setting (columns). At each KL, the mean over RL seeds of each run's reward where "
+                   "its KL first reached that value (linear interpolation between tracked points), with a 95% "
+                   "bootstrap band over seeds; dotted where some run had not reached it (it counts with its last "
+                   "value). Vertical lines: the protocol's KL levels."},
+    "fig_paired": {
+        "draw": "frpo.figures.study:paired_differences", "tables": ["tracking"], "kind": "figure",
+        "caption": "The study's primary endpoint: each FRPO run's tracked reward minus GRPO's at the protocol's KL "
+                   "levels and over them, paired by RL seed (a dot per seed, its mean over the fine-tuning "
+                   "settings; hollow when a run of the pair never reached the level and counts with its last "
+                   "value), with the mean difference, its 95% bootstrap interval over seeds and the two-sided "
+                   "sign-flip p-value."},
+    "table_matched_kl": {
+        "draw": "frpo.figures.study:endpoint_table", "tables": ["tracking", "rl_metrics", "rewards"], "kind": "table",
+        "caption": "The study's endpoints: paired differences from GRPO at matched KL (per level and setting, and "
+                   "pooled; with a sensitivity analysis on pairs that both reached the level), at a fixed "
+                   "fine-tuning step and at the end; the RL models' final rewards, within-group std and KL; and "
+                   "the fraction of tracked points at or above each RL model's forgetting floor."},
 }
 
 
