@@ -283,7 +283,7 @@ def test_the_study_plans_its_seeds_and_hands_its_figures_the_protocols_options(t
     assert options and json.loads(options.group(1)) == {
         "levels": [0.15, 0.3, 0.45], "kl_columns": ["kl_per_token_sampled", "kl_ft_data_sampled"],
         "value": "safety_reward_greedy", "reference": "grpo", "primary": "frpo_lam0.2", "fixed_step": 15}
-    assert re.search(r"frpo figure fig_floor .*--options '\{\"n_boot\": 100\}'", out)
+    assert re.search(r"frpo figure fig_floor .*--options '\{\"n_boot\": 50\}'", out)
     ci = snakemake("-n", "-p", "--cores", "2", "-d", str(tmp_path), "--configfile", str(ROOT / "config" / "study.yaml"),
                    str(ROOT / "config" / "study-ci.yaml")).stdout
     assert "results/study_ci/study/rl/frpo_lam0.1/seed1/metrics.jsonl" in ci

@@ -107,6 +107,12 @@ def on_gpu(wildcards=None):
     return 1 if config["device"] == "cuda" else 0
 
 
+# Jobs that mostly start Python, load a model and generate a little (evaluations, LoRA merges, reward sampling):
+# on the CPU one thread each, so that two run side by side on a 2-core machine (snakemake sets OMP_NUM_THREADS to a
+# rule's threads, so declaring 2 would run them one at a time, or oversubscribe the cores under a larger --cores).
+LIGHT_THREADS = 1 if config["device"] == "cpu" else 2
+
+
 def training_job(kind):
     """The frpo.compute.Job of a training rule's job: ``kind`` is rl, warmup or finetune; the job's size is its
     track's model.size and its stage the method it trains with (compute.sizes in the config)."""

@@ -21,7 +21,7 @@ for _bench in BENCHMARKS:
             spec=lambda w: EVAL_SPECS[w.track],
         log:
             f"{LOGS}/{{track}}/eval/{{target}}/{_bench}.log",
-        threads: 2
+        threads: LIGHT_THREADS
         resources:
             gpu=bench_resources(_bench)["gpu"] if on_gpu() else 0,
             cpus_per_gpu=bench_resources(_bench)["cpus_per_gpu"] if on_gpu() else 0,

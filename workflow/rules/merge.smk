@@ -9,7 +9,7 @@ rule merge_lora:
         directory(f"{RESULTS}/{{track}}/models/{{run}}/seed{{seed}}"),
     log:
         f"{LOGS}/{{track}}/merge_lora/{{run}}/seed{{seed}}.log",
-    threads: 2
+    threads: LIGHT_THREADS
     resources:
         gpu=0,
         # twice the base model's weight files plus 2 GB (frpo.models.merge_mem_mb), evaluated once the base exists

@@ -13,7 +13,7 @@ rule sample_rewards:  # the forgetting floor's input: floor.samples scored compl
         spec=lambda w: spec_json(samples_spec(V(w), classifier(w.track))),
     log:
         f"{LOGS}/{{track}}/sample_rewards/{{run}}/seed{{seed}}.log",
-    threads: 2
+    threads: LIGHT_THREADS
     resources:
         gpu=on_gpu,
         cpus_per_gpu=lambda w: 8 if on_gpu() else 0,

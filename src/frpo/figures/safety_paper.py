@@ -687,7 +687,8 @@ def floor_figure(tracking, rewards, out, rhos: Sequence[float] | None = None, n_
     ``kl_per_sequence_sampled`` in tables without it), y ``safety_reward_sampled`` (the reward of sampled
     completions, the quantity the bound is about; greedy rewards are not).
 
-    A point's floor is :func:`frpo.floor.floor` at its own KL; its band is that floor minus (plus) the band's
+    A point's floor is :func:`frpo.floor.floor` at its own KL (all of a model's points from one
+    :func:`frpo.floor.floor_curve`, which gives the same numbers); its band is that floor minus (plus) the band's
     distance below (above) the curve, interpolated linearly in √ρ between grid points (the bootstrap costs
     ``n_boot`` floors per ρ, too many to repeat at every point's KL). A point respects the floor when its reward
     ≥ the band's low end (``above_floor``: ≥ the estimate itself; the band resamples prompts, see
@@ -696,7 +697,7 @@ def floor_figure(tracking, rewards, out, rhos: Sequence[float] | None = None, n_
     One panel per (track, run), a colour per RL seed. Returns, and writes beside ``out`` as ``<stem>.csv``, one
     row per tracked point: identity, step, kl, reward, floor, floor_lo, floor_hi, respects, above_floor, and
     ``fraction_respecting`` of its (track, run)."""
-    from ..floor import floor, floor_band  # torch is imported only here
+    from ..floor import floor_band, floor_curve  # torch is imported only here
 
     src = _source(tracking)
     data = read_table(tracking, track)
@@ -735,7 +736,9 @@ def floor_figure(tracking, rewards, out, rhos: Sequence[float] | None = None, n_
             curves.append(curve)
             rows = data[_of_model(data, inst, run, rl_seed)]
             kl = rows[kl_col].astype(float).to_numpy()
-            exact = {k: floor(rewarded, max(k, _RHO_MIN))["floor"] for k in set(kl.tolist())}
+            distinct = sorted(set(kl.tolist()))  # one curve: the ρ-free part of the dual computed once per model
+            exact = dict(zip(distinct, (r["floor"] for r in floor_curve(rewarded, [max(k, _RHO_MIN)
+                                                                                for k in distinct]))))
             at = np.array([exact[k] for k in kl.tolist()])
             root = np.sqrt(curve["rho"].to_numpy())
             below = np.interp(np.sqrt(kl), root, (curve["floor"] - curve["lo"]).to_numpy())

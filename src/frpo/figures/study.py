@@ -149,8 +149,9 @@ def _rl_end(rl_metrics, track, last: int) -> list[dict]:
 
 def _floor_fractions(data: pd.DataFrame, rewards, track, probe: str = "safety") -> list[dict]:
     """Per RL run: the fraction of tracked points whose sampled reward is at least the floor of their own RL model
-    at their sequence-level KL (:func:`frpo.floor.floor`, the estimate, no band; ``fig_floor`` draws the band)."""
-    from ..floor import floor
+    at their sequence-level KL (:func:`frpo.floor.floor_curve`: the estimate, no band; ``fig_floor`` draws the
+    band)."""
+    from ..floor import floor_curve
     from .safety_paper import _one_thread, _read_rewards, _rewards_by_model
 
     sampled = _read_rewards(rewards, "the study table")
@@ -165,11 +166,12 @@ def _floor_fractions(data: pd.DataFrame, rewards, track, probe: str = "safety") 
             part = data[(data["track"] == inst) & (data["run"] == run)
                         & (pd.to_numeric(data["rl_seed"], errors="coerce") == rl_seed)]
             part = part[part[kl_col].notna() & part[reward_col].notna()]
-            cache: dict[float, float] = {}
+            if part.empty:
+                continue
+            kls = sorted(set(part[kl_col].astype(float)))
+            floors = dict(zip(kls, (r["floor"] for r in floor_curve(rewarded, [max(k, 1e-6) for k in kls]))))
             for kl, reward in zip(part[kl_col].astype(float), part[reward_col].astype(float)):
-                if kl not in cache:
-                    cache[kl] = floor(rewarded, max(kl, 1e-6))["floor"]
-                rows.setdefault(run, []).append(reward >= cache[kl])
+                rows.setdefault(run, []).append(reward >= floors[kl])
     return [{"section": "floor", "run": run, "n_points": len(ok), "fraction_above_floor": sum(ok) / len(ok)}
             for run, ok in ((r, rows[r]) for r in order_runs(rows)) if ok]
 
@@ -382,8 +384,8 @@ def paired_differences(tracking, out, *, levels: Sequence[float] = (0.05, 0.1, 0
                 ax.errorbar([x], [s["mean_diff"]], yerr=[[s["mean_diff"] - s["ci_low"]], [s["ci_high"] - s["mean_diff"]]],
                             fmt="D", color=f"C{a + 1}", markersize=5, capsize=3,
                             label=run_label(run) if g == 0 else None)
-                ax.annotate(f"p={_p(s['p_value'])}", (x, s["ci_high"]), textcoords="offset points", xytext=(0, 4),
-                            ha="center", fontsize=6)
+                ax.annotate(f"p={_p(s['p_value'])}", (x, s["ci_low"]), textcoords="offset points",
+                            xytext=(0, -9 - 7 * (a % 2)), ha="center", fontsize=5.5, color=f"C{a + 1}")
                 rows.append({"kl": kl, "run": run, "level": level, **s})
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(groups)), [f"KL {x:g}" if x != ALL else "mean of levels" for x in groups],
