@@ -225,6 +225,18 @@ def _p(v) -> str:
     return "NaN" if math.isnan(v) else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
 
 
+def _level(level) -> str:
+    return level if isinstance(level, str) else ("" if math.isnan(level) else f"{level:g}")
+
+
+def _md_table(title: str, header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown section with one table; nothing when there is no row."""
+    if not rows:
+        return []
+    return [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows), ""]
+
+
 def primary_row(table: pd.DataFrame, primary: str, kl: str) -> pd.Series | None:
     sel = table[(table["section"] == "matched_kl") & (table["run"] == primary) & (table["kl"] == kl)
                 & (table["setting"].astype(str) == ALL) & (table["level"].astype(str) == ALL)]
@@ -245,43 +257,30 @@ def _markdown(table: pd.DataFrame, primary: str, cols: list[str], value: str, le
                   ""]
     pooled = table[(table["section"] == "matched_kl") & (table["setting"].astype(str) == ALL)
                    & (table["level"].astype(str) == ALL)]
-    if not pooled.empty:
-        lines += ["## Summary: every run against the reference, over the levels and settings", "",
-                  "| KL | run | pairs | run | ref | difference | 95% CI | p |", "|---|---|---|---|---|---|---|---|"]
-        for r in pooled.itertuples():
-            lines.append(f"| {r.kl} | {run_label(r.run)} | {int(r.n_pairs)} | {r.mean:.3f} | {r.mean_ref:.3f} | "
-                         f"{_fmt(r.mean_diff)} | [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | {_p(r.p_value)} |")
-        lines.append("")
+    lines += _md_table("Summary: every run against the reference, over the levels and settings",
+                       ["KL", "run", "pairs", "run", "ref", "difference", "95% CI", "p"],
+                       [[r.kl, run_label(r.run), int(r.n_pairs), f"{r.mean:.3f}", f"{r.mean_ref:.3f}",
+                         _fmt(r.mean_diff), f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]", _p(r.p_value)]
+                        for r in pooled.itertuples()])
     for section, title in (("matched_kl", "At matched KL (a level a run never reached: its last value; unreached "
                                           "counts the readings carried so, run/reference)"),
                            ("matched_kl_reached", "Sensitivity: pairs where both runs reached the level"),
                            ("step", f"At fine-tuning step {step:g}"), ("end", "At the end of fine-tuning")):
-        part = table[table["section"] == section]
-        if part.empty:
-            continue
-        lines += [f"## {title}", "", "| KL | run | setting | level | pairs | unreached (run/ref) | run | ref | "
-                  "difference | 95% CI | p |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in part.itertuples():
-            level = r.level if isinstance(r.level, str) else ("" if math.isnan(r.level) else f"{r.level:g}")
-            lines.append(f"| {r.kl} | {run_label(r.run)} | {r.setting} | {level} | {int(r.n_pairs)} | "
-                         f"{int(r.unreached)}/{int(r.unreached_ref)} | {r.mean:.3f} | {r.mean_ref:.3f} | "
-                         f"{_fmt(r.mean_diff)} | [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | {_p(r.p_value)} |")
-        lines.append("")
-    rl = table[table["section"] == "rl_end"]
-    if not rl.empty:
-        lines += ["## The RL models at the end of RL (mean ± std over seeds)", "",
-                  "| run | seeds | safety | helpfulness | within-group std | KL |", "|---|---|---|---|---|---|"]
-        for r in rl.itertuples():
-            lines.append(f"| {run_label(r.run)} | {int(r.n_seeds)} | {r.safety:.3f} ± {r.safety_std:.3f} | "
-                         f"{r.helpfulness:.3f} ± {r.helpfulness_std:.3f} | {r.std_within_group:.3f} ± "
-                         f"{r.std_within_group_std:.3f} | {r.kl:.4f} ± {r.kl_std:.4f} |")
-        lines.append("")
-    fl = table[table["section"] == "floor"]
-    if not fl.empty:
-        lines += ["## Tracked points at or above their RL model's forgetting floor", "",
-                  "| run | points | fraction |", "|---|---|---|"]
-        lines += [f"| {run_label(r.run)} | {int(r.n_points)} | {r.fraction_above_floor:.3f} |" for r in fl.itertuples()]
-        lines.append("")
+        lines += _md_table(title, ["KL", "run", "setting", "level", "pairs", "unreached (run/ref)", "run", "ref",
+                                   "difference", "95% CI", "p"],
+                           [[r.kl, run_label(r.run), r.setting, _level(r.level), int(r.n_pairs),
+                             f"{int(r.unreached)}/{int(r.unreached_ref)}", f"{r.mean:.3f}", f"{r.mean_ref:.3f}",
+                             _fmt(r.mean_diff), f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]", _p(r.p_value)]
+                            for r in table[table["section"] == section].itertuples()])
+    lines += _md_table("The RL models at the end of RL (mean ± std over seeds)",
+                       ["run", "seeds", "safety", "helpfulness", "within-group std", "KL"],
+                       [[run_label(r.run), int(r.n_seeds), f"{r.safety:.3f} ± {r.safety_std:.3f}",
+                         f"{r.helpfulness:.3f} ± {r.helpfulness_std:.3f}",
+                         f"{r.std_within_group:.3f} ± {r.std_within_group_std:.3f}", f"{r.kl:.4f} ± {r.kl_std:.4f}"]
+                        for r in table[table["section"] == "rl_end"].itertuples()])
+    lines += _md_table("Tracked points at or above their RL model's forgetting floor", ["run", "points", "fraction"],
+                       [[run_label(r.run), int(r.n_points), f"{r.fraction_above_floor:.3f}"]
+                        for r in table[table["section"] == "floor"].itertuples()])
     return "\n".join(lines)
 
 
