@@ -763,3 +763,43 @@ def test_kl_on_the_fine_tuning_data_needs_its_held_out_rows(tmp_path):
     with pytest.raises(ConfigError, match=r"tracks\.safety\.finetune\.track\.data_prompts: data\.arithmetic \(.*arith"
                                           r"\.jsonl\) has no row with split 'eval'"):
         validate_config(config, SCHEMA)
+
+
+def test_advantage_scaling_is_a_per_run_setting_that_frpo_refuses():
+    config = safety()
+    rl = config["tracks"]["safety"]["rl"]
+    rl["scale_rewards"] = {"grpo": "group", "default": "none"}
+    validate_config(config, SCHEMA)
+    v = view(config, "safety")
+    assert rl_spec(v, "grpo", 0, None)["rl"]["scale_rewards"] == "group"
+    assert rl_spec(v, "frpo_lam0.2", 0, None)["rl"]["scale_rewards"] == "none"
+    from frpo.rl import build_rl_config
+
+    assert build_rl_config(rl_spec(v, "grpo", 0, None), "/tmp/x", processes=1).scale_rewards == "group"
+    rl["scale_rewards"] = "group"  # every run, FRPO's too
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.rl\.scale_rewards: frpo_lam0\.2 would scale its "
+                                          r"advantages"):
+        validate_config(config, SCHEMA)
+    rl["scale_rewards"] = {"grpo": "std"}
+    with pytest.raises(ConfigError, match=r"tracks\.safety\.rl\.scale_rewards"):
+        validate_config(config, SCHEMA)
+
+
+def test_a_tracker_count_above_what_the_split_has_is_refused_not_cut():
+    """finetune.track.n_prompts is a count, never cut silently: above the prompts of the configured split it is a
+    config error naming the key (the paper's 128 per probe exist in the training split, not among the 25+25 held
+    out)."""
+    from frpo.data import read_safety_prompts
+
+    config = safety()
+    track = config["tracks"]["safety"]["finetune"]["track"]
+    held_out = sum(r["task"] == "safety" for r in read_safety_prompts("builtin:safety_prompts", "eval"))
+    track["n_prompts"]["safety"] = held_out + 1
+    with pytest.raises(ConfigError, match=rf"tracks\.safety\.finetune\.track\.n_prompts\.safety: {held_out + 1} "
+                                          rf"asked for, but data\.safety_prompts has only {held_out} safety prompts "
+                                          r"in split 'eval'"):
+        validate_config(config, SCHEMA)
+    track["prompts"] = "train"  # the training split has them
+    validate_config(config, SCHEMA)
+    del track["prompts"]  # the default: the training prompts, as the public tracker
+    validate_config(config, SCHEMA)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from configs import load_config, write_config
 
@@ -68,3 +69,24 @@ def test_the_cost_command_prints_the_table(tmp_path, capsys, monkeypatch):
     assert "| math | rl_train | 8 | 4 | 24 | 768 |" in table
     # Mistral: 7 runs x 3 seeds on the 7b size's 4 GPUs for 24 h; Qwen2.5-32B's GRPO run on 8 GPUs for 48 h
     assert "| mistral | rl_train | 21 | 4 | 24 | 2,016 |" in table and "| qwen32b | rl_train | 1 | 8 | 48 | 384 |" in table
+
+
+def test_the_cost_command_plans_without_the_local_files_and_names_a_bad_key(tmp_path, capsys, monkeypatch):
+    """What a run will cost is asked before its files and keys are in place: they are warnings, as under
+    snakemake -n, and the table is the same; a wrong value is one line naming its key, not a traceback."""
+    monkeypatch.chdir(tmp_path)  # no local file of the paper config here, and no API key
+    for key in ("OPENAI_API_KEY",):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["cost", "--config", str(ROOT / "config" / "paper.yaml")]) == 0
+    out = capsys.readouterr()
+    assert "| mistral | rl_train | 21 | 4 | 24 | 2,016 |" in out.out
+    assert "planning only; a run would stop here" in out.err and "safety_prompts" in out.err
+    bad = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    bad["tracks"]["math"]["rl"]["num_generations"] = 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(SystemExit) as exc:
+        main(["cost", "--config", str(path)])
+    message = str(exc.value)
+    assert message.startswith("frpo cost: invalid configuration") and "Traceback" not in message
+    assert "tracks.math.rl.num_generations: 1 is less than the minimum of 2" in message

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from configs import PAPER_ENV, paper_files
 
-from frpo.config import finetune_settings, finetune_sweeps, rl_runs, rl_seeds, run_beta, sweep_settings, view
+from frpo.config import (finetune_settings, finetune_sweeps, rl_runs, rl_seeds, rl_spec, run_beta, sweep_settings,
+                         view)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAFETY = ("mistral", "qwen7b", "qwen3b", "qwen14b", "qwen32b")
@@ -48,11 +49,20 @@ def test_the_safety_experiments_follow_the_paper():
     rl = mistral["rl"]
     assert (rl["lambda_scale"], rl["num_generations"], rl["prompts_per_step"], rl["top_p"]) == \
         ("max_lambda_1", 8, 16, 0.9)
-    assert (rl["learning_rate"], rl["epochs"], rl["lr_scheduler_type"], rl["warmup_ratio"], rl["weight_decay"]) == \
-        (1e-5, 2, "cosine", 0.1, 0.1)
+    # the public launcher's 500 steps (≈4 epochs), not the text's 2 epochs (244 steps); GRPO's advantages scaled by
+    # the group std as that launcher ran it, FRPO's never
+    assert (rl["learning_rate"], rl["steps"], rl["lr_scheduler_type"], rl["warmup_ratio"], rl["weight_decay"]) == \
+        (1e-5, 500, "cosine", 0.1, 0.1)
+    assert "epochs" not in rl
+    assert {run: rl_spec(mistral, run, 0, None)["rl"]["scale_rewards"] for run in RUNS} == \
+        {run: "group" if run == "grpo" else "none" for run in RUNS}
     assert rl["lora"]["r"] == rl["lora"]["alpha"] == 64 and rl["use_vllm"] and rl["disable_dropout"]
+    # the floor's and λ*'s completions are samples of the RL model itself: top_p 1, though RL sampled at 0.9
+    from frpo.config import samples_spec
+
+    assert samples_spec(mistral, None)["samples"]["top_p"] == 1.0 and rl["top_p"] == 0.9
     # Qwen inherits everything but its schedule (extends: mistral)
-    assert (qwen["rl"]["learning_rate"], qwen["rl"]["epochs"]) == (3e-5, 3)
+    assert (qwen["rl"]["learning_rate"], qwen["rl"]["steps"]) == (3e-5, 366)  # the text's 3 epochs of 1,950 / 16
     assert qwen["rl"]["beta"] == rl["beta"] and qwen["model"]["hf"]["id"] == "Qwen/Qwen2.5-7B-Instruct"
     assert q32["model"]["size"] == "32b" and rl_runs(q32) == ["grpo"] and q32["finetune"]["batch_size"] == 2
     # the sweeps: the main settings for every run and seed, Fig. 2's 12 for GRPO, Fig. 5's 48 of 72 for two runs

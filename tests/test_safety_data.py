@@ -229,3 +229,22 @@ def test_track_declares_and_prepares_hub_sources(monkeypatch):
         safety.prepare("alpaca", {"data": {"alpaca": "hub:dolly"}})
     with pytest.raises(ValueError, match=r"data.alpaca: 'builtin:alpaca_like' is read as configured"):
         safety.prepare("alpaca", {"data": {"alpaca": "builtin:alpaca_like"}})
+
+
+def test_the_probes_take_exactly_their_count_from_the_configured_split():
+    from frpo.data import read_safety_prompts
+
+    spec = {"data": {"safety_prompts": "builtin:safety_prompts"},
+            "judges": {"safety": {"name": "toy_safety"}, "helpfulness": {"name": "toy_helpfulness"}},
+            "track_forgetting": {"n_prompts": {"safety": 5, "helpfulness": 3}}}
+    train = {r["prompt"] for r in read_safety_prompts("builtin:safety_prompts", "train")}
+    held_out = {r["prompt"] for r in read_safety_prompts("builtin:safety_prompts", "eval")}
+    by_name = {p.name: p for p in safety.probes(spec)}  # the default: the training prompts (the public tracker's)
+    assert len(by_name["safety"].prompts) == 5 and len(by_name["helpfulness"].prompts) == 3
+    assert set(by_name["safety"].prompts) <= train and set(by_name["helpfulness"].prompts) <= train
+    spec["track_forgetting"]["prompts"] = "eval"
+    assert set(safety.probes(spec)[0].prompts) <= held_out
+    spec["track_forgetting"]["n_prompts"]["safety"] = 10_000  # a prepared file is counted here, at job start
+    with pytest.raises(ValueError, match=r"finetune\.track\.n_prompts\.safety: 10000 asked for, but there are only "
+                                         r"\d+ safety prompts in split 'eval'"):
+        safety.probes(spec)

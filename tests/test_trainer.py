@@ -429,6 +429,24 @@ def test_grpo_may_reproduce_the_public_codes_std_scaling(tmp_path):
     assert make_config(tmp_path, objective="grpo", scale_rewards="group").scale_rewards == "group"
 
 
+@pytest.mark.slow
+def test_grpo_with_group_scaling_trains_on_the_group_std_scaled_advantages(tiny_model_dir, tmp_path):
+    """scale_rewards='group' (the public GRPO launcher's scale_rewards=True): a real generation batch's advantages
+    are each group's centred rewards divided by its reward std (n−1) + 1e-4, as TRL's own GRPO computes them; and
+    the step's loss is the GRPO loss on those advantages (test_compute_loss_matches_the_reference_plus_beta_k3
+    checks the loss for any advantages)."""
+    trainer = make_trainer(tiny_model_dir, make_config(tmp_path, objective="grpo", scale_rewards="group"))
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    out = trainer._generate_and_score_completions(batch)
+    rewards = trainer._last_rewards_per_func.sum(dim=1).view(-1, G).double()
+    assert bool((rewards.std(dim=1) > 0).any())  # some group has spread: the scaling is not a no-op
+    expected = (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + 1e-4)
+    torch.testing.assert_close(out["advantages"].double(), expected.flatten(), rtol=1e-5, atol=1e-6)
+    unscaled = make_trainer(tiny_model_dir, make_config(tmp_path / "none", objective="grpo"))
+    assert unscaled.scale_rewards == "none" and trainer.scale_rewards == "group"
+
+
 def test_defaults_follow_the_paper(tmp_path):
     config = make_config(tmp_path)
     assert config.objective == "frpo" and config.frpo_lambda == 0.2

@@ -225,12 +225,17 @@ def _cmd_sample_rewards(a):
 def _cmd_cost(a):
     import yaml
 
-    from .config import validate_config
+    from .config import ConfigError, validate_config
     from .cost import cost_rows, cost_table
 
-    config = validate_config(yaml.safe_load(Path(a.config).read_text()),
-                             Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml",
-                             source=a.config)
+    # A plan, as snakemake -n makes one: what this machine lacks (the paper's local files, an API key) is a warning
+    # on stderr, since a user asks what a run costs before putting them in place; a wrong config is one line.
+    try:
+        config = validate_config(yaml.safe_load(Path(a.config).read_text()),
+                                 Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml",
+                                 source=a.config, plan_only=True)
+    except (ConfigError, OSError, yaml.YAMLError) as err:
+        raise SystemExit(f"frpo cost: {err}") from None
     if a.json:
         return _print(cost_rows(config))
     print(cost_table(config), end="")

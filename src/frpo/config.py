@@ -236,6 +236,11 @@ def _check_track(config: dict, name: str, source: str, absent=None) -> None:
     for key in PER_RUN_KEYS:
         if key in rl:
             _check_per_run(rl, key, f"{where}.rl", source)
+    if "scale_rewards" in rl:  # FRPO's e^{-A/λ} needs advantages on the reward's scale
+        for run in rl_runs(v):
+            if parse_run(run).algorithm == "frpo" and run_value(rl, "scale_rewards", run) != "none":
+                raise ConfigError(f"{source}: {where}.rl.scale_rewards: {run} would scale its advantages by the "
+                                  "group's std; FRPO needs centred, unscaled advantages (none)")
     if ("steps" in rl) == ("epochs" in rl):
         raise ConfigError(f"{source}: {where}.rl: give exactly one of rl.steps (optimiser steps) and rl.epochs "
                           "(epochs over the training prompts, as the paper states its schedule)")
@@ -368,7 +373,9 @@ def _absent(message: str, absent) -> None:
 
 #: rl keys that take one value for every run or a map {grpo, <λ as in rl.lambdas>, default} (the public launchers
 #: give each run its own β, the math grid its own learning rate)
-PER_RUN_KEYS = ("beta", "learning_rate", "max_grad_norm", "weight_decay")
+PER_RUN_KEYS = ("beta", "learning_rate", "max_grad_norm", "weight_decay", "scale_rewards")
+#: the per-run keys whose values are words, not numbers
+PER_RUN_TEXT_KEYS = ("scale_rewards",)
 
 
 def _check_per_run(rl: dict, name: str, where: str, source: str) -> None:
@@ -399,18 +406,19 @@ def _check_per_run(rl: dict, name: str, where: str, source: str) -> None:
         raise ConfigError(f"{source}: {where}.{name}: FRPO at λ* needs {name}.default (λ* is only known after GRPO)")
 
 
-def run_value(rl: dict, name: str, run: str) -> float:
+def run_value(rl: dict, name: str, run: str):
     """``rl[name]`` of one run: the value itself, or its entry for the run (``grpo`` or the λ string), else its
-    default."""
+    default; a number as a float (the text keys, :data:`PER_RUN_TEXT_KEYS`, as written)."""
     value = rl[name]
+    as_value = str if name in PER_RUN_TEXT_KEYS else float
     if not isinstance(value, dict):
-        return float(value)
+        return as_value(value)
     parsed = parse_run(run)
     key = "grpo" if parsed.algorithm == "grpo" else parsed.lambda_text
     if key in value:
-        return float(value[key])
+        return as_value(value[key])
     if "default" in value:
-        return float(value["default"])
+        return as_value(value["default"])
     raise ConfigError(f"rl.{name}: no value for run {run!r} and no default")
 
 

@@ -72,6 +72,7 @@ def build_rl_config(spec: dict, ckpt_dir: str | Path, processes: int | None = No
         disable_dropout=rl.get("disable_dropout", True),
         reward_weights=reward_weights,
         max_reward_failure_fraction=rl.get("max_reward_failure_fraction", 0.0),
+        scale_rewards=rl.get("scale_rewards", "none"),
         **vllm_args(rl),
     )
 
@@ -129,6 +130,7 @@ def run_rl(spec: dict, model_dir: str | Path, out_dir: str | Path, ckpt_dir: str
         "frpo_lambda": args.frpo_lambda if args.objective == "frpo" else None,
         "lambda_scale": args.lambda_scale if args.objective == "frpo" else None,
         "beta": args.beta,
+        "scale_rewards": args.scale_rewards,
         "steps": len(steps),
         "resumed_from": resume,
         # what one optimiser step saw: prompts_per_step = per_device_prompts × micro-batches × processes

@@ -86,12 +86,13 @@ DATA_PROBE = "ft_data"
 def data_probe(spec: dict, n: int):
     """The KL-only probe :data:`DATA_PROBE`: ``n`` held-out (``eval`` split) prompts of the fine-tuning data set,
     spread over the file, each the user turn of one example."""
-    from .data import spread
+    from .data import take
     from .track import Probe
 
     rows = sft_rows({**spec["dataset"], "split": "eval", "max_examples": None})
     prompts = [next(m["content"] for m in reversed(r["prompt"]) if m["role"] == "user") for r in rows]
-    return Probe(DATA_PROBE, spread(prompts, n))
+    return Probe(DATA_PROBE, take(prompts, n, "finetune.track.data_prompts",
+                                  f"held-out rows in {spec['dataset']['path']}"))
 
 
 def _tracker(spec: dict, ref_model, tokenizer, csv_path: Path):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 __all__ = [
     "BUILTIN_NAMES", "BUILTIN_PREFIX", "DATA_DIR", "SAFETY_PROMPT_FIELDS", "DataError", "builtin", "read_jsonl",
-    "read_safety_prompts", "resolve", "split",
+    "read_safety_prompts", "resolve", "split", "spread", "take",
 ]
 
 #: Directory holding the packaged data files.
@@ -138,6 +138,14 @@ def read_safety_prompts(spec: str | os.PathLike, split_name: str, task: str | No
     ``task`` (``"safety"`` or ``"normal"``) when given. Every row of the file is checked, not just these."""
     rows = split(read_jsonl(resolve(spec), required=SAFETY_PROMPT_FIELDS), split_name)
     return rows if task is None else [r for r in rows if r["task"] == task]
+
+
+def take(rows: list, n: int, key: str, what: str = "rows") -> list:
+    """Exactly ``n`` of ``rows``, at even intervals (:func:`spread`); a count above what there is is an error naming
+    the config ``key`` (a configured count is never cut silently)."""
+    if n > len(rows):
+        raise ValueError(f"{key}: {n} asked for, but there are only {len(rows)} {what}")
+    return spread(rows, n)
 
 
 def spread(rows: list, n: int | None) -> list:

@@ -157,12 +157,12 @@ class _AnswerJudge:
 
 def probes(spec: dict) -> list:
     """``math``: greedy answers to held-out problems (``track.n_prompts.math`` of them), scored by the verifier."""
-    from ..data import spread
+    from ..data import take
     from ..track import Probe
 
     n = spec["track_forgetting"]["n_prompts"]
     if "math" not in n:
         raise ValueError("finetune.track.n_prompts.math: missing (the math track's probe is math)")
-    rows = spread(_problems(spec, "eval"), n["math"])
+    rows = take(_problems(spec, "eval"), n["math"], "finetune.track.n_prompts.math", "held-out problems")
     golds = {r["problem"]: r["answer"] for r in rows}
     return [Probe("math", list(golds), _AnswerJudge(golds, _verifier(spec)))]

@@ -49,7 +49,7 @@ RL_DATA = "safety_prompts"
 #: the warm-up SFT's data key and row format (the demo's π_ref)
 WARMUP_DATA = ("refusal_demos", "chat")
 #: what the forgetting tracker measures (frpo.track.Probe names; finetune.track.n_prompts keys)
-PROBES = ("safety", "helpfulness")
+PROBES = ("safety", "helpfulness")  # PROBE_TASKS below gives each one's task and judge
 #: downstream fine-tuning sets: data key -> SFT row format (frpo.sft.sft_rows); ``arithmetic`` is the demo's
 #: GSM8K-like stand-in, ``gsm8k`` the real set, ``instructions`` plain request/answer pairs (the study's toy
 #: instructions, an Alpaca analogue without Alpaca's "### Instruction:" header)
@@ -60,10 +60,11 @@ JUDGES = ("safety", "helpfulness")
 FIGURES = {
     "fig_lambda_landscape": {
         "draw": "frpo.figures.safety:lambda_landscape", "tables": ["tracking"], "kind": "figure",
-        "caption": "Safety reward on held-out harmful prompts (greedy completions, as the public tracker scored "
+        "caption": "Safety reward on the tracker's harmful prompts (finetune.track.prompts: the RL training prompts, "
+                   "as the public tracker, or held-out ones; greedy completions, as the public tracker scored "
                    "them) against the per-token KL to the pre-fine-tuning model (sampled completions), measured "
                    "during downstream fine-tuning (paper Fig. 3, left/middle). One line per RL model: GRPO (dashed) "
-                   "and FRPO at each λ, seeds averaged. Error bars: 95% bootstrap intervals over the held-out "
+                   "and FRPO at each λ, seeds averaged. Error bars: 95% bootstrap intervals over the "
                    "prompts (one seed) or ± std over seeds."},
     "fig_rl_curves": {
         "draw": "frpo.figures.safety:rl_curves", "tables": ["rl_metrics"], "kind": "figure",
@@ -111,7 +112,7 @@ FIGURES = {
         "draw": "frpo.figures.safety_paper:floor_figure", "tables": ["tracking", "rewards"], "kind": "figure",
         "caption": "Beyond the paper, the forgetting floor: for each RL model, the Donsker–Varadhan lower bound "
                    "sup_λ E_x[−λ log E_π e^{−r/λ}] − λρ on the mean safety reward of every model within mean "
-                   "sequence-level KL ρ of it, from its sampled rewards on the held-out harmful prompts (jackknifed; "
+                   "sequence-level KL ρ of it, from its sampled rewards on the tracker's harmful prompts (jackknifed; "
                    "band: 95% bootstrap over prompts), against every tracked point of the fine-tuning runs that "
                    "started from it (x: sequence-level KL on the harmful prompts; y: safety reward of sampled "
                    "completions). fig_floor.csv beside the figure lists each point's floor and whether it respects "
@@ -168,13 +169,36 @@ def prepare(key: str, spec: dict) -> tuple[list[dict], dict]:
     return safety_sources.safety_prompt_rows(resolve(src))
 
 
+#: the tracker's probes: probe name -> the task of its prompts, and the judge (judges.<key>) that scores them
+PROBE_TASKS = {"safety": ("safety", "safety"), "helpfulness": ("normal", "helpfulness")}
+#: the split the probes' prompts come from when finetune.track.prompts does not say: the public tracker scored the
+#: safety *training* prompts (spec §2.4)
+DEFAULT_PROBE_SPLIT = "train"
+
+
 def check(view: dict, source: str) -> None:
     from ..config import ConfigError
+    from ..data import read_safety_prompts, resolve
 
     judges = view.get("judges") or {}
     for name in JUDGES:
         if name not in judges:
             raise ConfigError(f"{source}: tracks.safety.judges.{name}: missing (the track's {name} judge)")
+    track = (view.get("finetune") or {}).get("track") or {}
+    src = str(view["data"].get(RL_DATA, ""))
+    if not track.get("n_prompts") or prepared(RL_DATA, src):  # a prepared set is counted when its probes are built
+        return
+    split = track.get("prompts", DEFAULT_PROBE_SPLIT)
+    try:
+        rows = read_safety_prompts(resolve(src), split)
+    except FileNotFoundError:
+        return  # the data check reports it
+    for probe, n in track["n_prompts"].items():
+        task = PROBE_TASKS[probe][0] if probe in PROBE_TASKS else None
+        have = sum(r["task"] == task for r in rows)
+        if n > have:
+            raise ConfigError(f"{source}: tracks.{view['experiment']}.finetune.track.n_prompts.{probe}: {n} asked "
+                              f"for, but data.{RL_DATA} has only {have} {task} prompts in split {split!r}")
 
 
 def rl_dataset(spec: dict, split: str):
@@ -218,20 +242,25 @@ def reward_funcs(spec: dict) -> tuple[list, None]:
 
 
 def probes(spec: dict) -> list:
-    """Held-out harmful prompts scored by the safety judge (``safety``) and benign ones scored by the helpfulness
-    judge (``helpfulness``), as many as ``track.n_prompts`` says, spread over the file's categories."""
-    from ..data import read_safety_prompts, spread
+    """Harmful prompts scored by the safety judge (``safety``) and benign ones scored by the helpfulness judge
+    (``helpfulness``), exactly as many as ``track.n_prompts`` says, spread over the file's categories, from the
+    split ``track.prompts``: ``train`` (the default, the prompts the public tracker scored) or ``eval`` (held out
+    from RL)."""
+    from ..data import read_safety_prompts, take
     from ..judges import build_judge_from_spec
     from ..track import Probe
 
-    n = spec["track_forgetting"]["n_prompts"]
-    held_out = read_safety_prompts(spec["data"][RL_DATA], "eval")
+    track = spec["track_forgetting"]
+    n = track["n_prompts"]
+    split = track.get("prompts", DEFAULT_PROBE_SPLIT)
+    rows = read_safety_prompts(spec["data"][RL_DATA], split)
     judges = spec["judges"]
     out = []
-    for probe, task, judge in (("safety", "safety", "safety"), ("helpfulness", "normal", "helpfulness")):
+    for probe, (task, judge) in PROBE_TASKS.items():
         if probe not in n:
             raise ValueError(f"finetune.track.n_prompts.{probe}: missing (the safety track's probes are safety and "
                              "helpfulness)")
-        prompts = spread([r["prompt"] for r in held_out if r["task"] == task], n[probe])
+        prompts = take([r["prompt"] for r in rows if r["task"] == task], n[probe], f"finetune.track.n_prompts.{probe}",
+                       f"{task} prompts in split {split!r} of data.{RL_DATA}")
         out.append(Probe(probe, prompts, build_judge_from_spec(judges[judge])))
     return out
