@@ -238,9 +238,10 @@ def _check_track(config: dict, name: str, source: str, absent=None) -> None:
             _check_per_run(rl, key, f"{where}.rl", source)
     if "scale_rewards" in rl:  # FRPO's e^{-A/λ} needs advantages on the reward's scale
         for run in rl_runs(v):
-            if parse_run(run).algorithm == "frpo" and run_value(rl, "scale_rewards", run) != "none":
+            scaling = run_value(rl, "scale_rewards", run)
+            if parse_run(run).algorithm == "frpo" and scaling != "none":
                 raise ConfigError(f"{source}: {where}.rl.scale_rewards: {run} would scale its advantages by the "
-                                  "group's std; FRPO needs centred, unscaled advantages (none)")
+                                  f"{scaling}'s reward std; FRPO needs centred, unscaled advantages (none)")
     if ("steps" in rl) == ("epochs" in rl):
         raise ConfigError(f"{source}: {where}.rl: give exactly one of rl.steps (optimiser steps) and rl.epochs "
                           "(epochs over the training prompts, as the paper states its schedule)")
